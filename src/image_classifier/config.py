@@ -1,0 +1,362 @@
+"""Every option of a run, as typed dataclasses parsed by `transformers.HfArgumentParser`.
+
+Flags equal field names (`--learning_rate` sets `TrainingArguments.learning_rate`), so a saved
+`training_config.json` is itself a valid config file: `python train.py training_config.json`.
+Invalid values fail at start-up with a `ConfigError` that names the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+__all__ = [
+    "ConfigError",
+    "DataArguments",
+    "ModelArguments",
+    "TrainingArguments",
+    "HubArguments",
+    "Config",
+    "parse_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A bad option. The message names the flag and says what would be valid."""
+
+    def __init__(self, flag: str, problem: str):
+        self.flag = flag
+        super().__init__(f"--{flag}: {problem}")
+
+
+def _require(ok: bool, flag: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(flag, problem)
+
+
+def _fraction(value: float, flag: str, low_open: bool = False) -> None:
+    ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
+    _require(ok, flag, f"must be a fraction in {'(' if low_open else '['}0, 1), got {value}")
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are split, preprocessed and augmented."""
+
+    dataset: str = field(
+        default="uoft-cs/cifar10",
+        metadata={"help": "Hub dataset id, alias (cifar10, cifar100, mnist, fashion_mnist), local folder of "
+                          "parquet/arrow files, a `save_to_disk` folder, or an image folder (one subfolder per class)."},
+    )
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata={"help": "Configuration (subset) name of the dataset, when it has several."}
+    )
+    image_column: Optional[str] = field(
+        default=None, metadata={"help": "Column holding the images; found by feature type when omitted."}
+    )
+    label_column: Optional[str] = field(
+        default=None, metadata={"help": "Column holding the labels; found by feature type when omitted."}
+    )
+    validation_split_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of train carved out (stratified, seeded) as validation when the dataset has none."},
+    )
+    test_split_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of train carved out (stratified, seeded) as test when the dataset has none."},
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep at most this many training images (seeded random subset); for quick runs."}
+    )
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep at most this many validation and test images each (seeded random subset)."}
+    )
+    image_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Model input side in pixels (square). Default: the most common side in the dataset."},
+    )
+    num_channels: Optional[int] = field(
+        default=None,
+        metadata={"help": "Model input channels: 1 (grayscale) or 3 (RGB). Default: 1 when every image is grayscale."},
+    )
+    strict_images: bool = field(
+        default=False, metadata={"help": "Fail on a corrupt or undecodable image instead of skipping it with a warning."}
+    )
+    explore_only: bool = field(
+        default=False, metadata={"help": "Write the data summary and exploration plots, then stop without training."}
+    )
+    cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where decoded uint8 image tensors are cached between runs. "
+                          "Default: $HF_HOME/image_classifier (or ~/.cache/huggingface/image_classifier)."},
+    )
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "DataLoader worker processes (0: load in the main process)."}
+    )
+    # Augmentation (training only). Each is off at 0 / False / "none".
+    augment: bool = field(default=True, metadata={"help": "Master switch for training-time augmentation."})
+    random_crop_padding: int = field(
+        default=4, metadata={"help": "Random shift: pad by this many pixels (reflect) and crop back; 0 disables."}
+    )
+    horizontal_flip: Optional[bool] = field(
+        default=None, metadata={"help": "Random horizontal flip. Default: on, except for digit datasets (all class names are digits)."}
+    )
+    rotation_degrees: float = field(default=0.0, metadata={"help": "Random rotation range in degrees (+/-); 0 disables."})
+    zoom: float = field(default=0.0, metadata={"help": "Random zoom range as a fraction (0.1: scale 0.9-1.1); 0 disables."})
+    color_jitter: float = field(
+        default=0.0, metadata={"help": "Brightness/contrast/saturation jitter strength (fraction); 0 disables."}
+    )
+    auto_augment: Literal["none", "randaugment", "trivialaugment"] = field(
+        default="none", metadata={"help": "Automatic augmentation policy applied per image."}
+    )
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "Probability of erasing a random rectangle of each image; 0 disables."}
+    )
+    mixup_alpha: float = field(default=0.0, metadata={"help": "MixUp Beta(alpha, alpha) on batches; 0 disables."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha) on batches; 0 disables."})
+
+    def __post_init__(self):
+        _require(bool(self.dataset and self.dataset.strip()), "dataset", "must name a Hub id, alias or local folder")
+        _fraction(self.validation_split_fraction, "validation_split_fraction", low_open=True)
+        _fraction(self.test_split_fraction, "test_split_fraction", low_open=True)
+        for name in ("max_train_samples", "max_eval_samples", "image_size"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, name, f"must be a positive integer, got {value}")
+        _require(self.num_channels in (None, 1, 3), "num_channels", f"must be 1 or 3, got {self.num_channels}")
+        _require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+        _require(0 <= self.random_crop_padding <= 64, "random_crop_padding", "must be between 0 and 64 pixels")
+        _require(0 <= self.rotation_degrees <= 180, "rotation_degrees", "must be between 0 and 180 degrees")
+        _fraction(self.zoom, "zoom")
+        _require(0 <= self.color_jitter <= 1, "color_jitter", "must be between 0 and 1")
+        _require(0 <= self.random_erasing <= 1, "random_erasing", "must be a probability between 0 and 1")
+        _require(self.mixup_alpha >= 0, "mixup_alpha", "must be >= 0")
+        _require(self.cutmix_alpha >= 0, "cutmix_alpha", "must be >= 0")
+
+
+@dataclass
+class ModelArguments:
+    """Which network: a named small-CNN preset, with optional overrides of its shape."""
+
+    model: str = field(
+        default="cnn-fast",
+        metadata={"help": "Model preset: cnn-basic (textbook two-conv CNN), cnn-fast (BatchNorm/GELU net for 32x32 "
+                          "images, the fast default), cnn-wide; timm names come with the timm issue."},
+    )
+    widths: Optional[list[int]] = field(
+        default=None, metadata={"help": "Override: output channels of each convolutional block."}
+    )
+    convs_per_block: Optional[int] = field(default=None, metadata={"help": "Override: convolutions in each block."})
+    kernel_size: Optional[int] = field(default=None, metadata={"help": "Override: convolution kernel side (odd)."})
+    pooling: Optional[Literal["max", "avg"]] = field(
+        default=None, metadata={"help": "Override: 2x2 pooling after each block."}
+    )
+    batch_norm: Optional[bool] = field(default=None, metadata={"help": "Override: BatchNorm after each convolution."})
+    activation: Optional[Literal["relu", "gelu"]] = field(default=None, metadata={"help": "Override: activation."})
+    block_dropout: Optional[float] = field(
+        default=None, metadata={"help": "Override: dropout probability after each block."}
+    )
+    classifier_dropout: Optional[float] = field(
+        default=None, metadata={"help": "Override: dropout probability before the output layer."}
+    )
+
+    def __post_init__(self):
+        _require(bool(self.model), "model", "must name a preset")
+        if self.widths is not None:
+            _require(len(self.widths) > 0 and all(w > 0 for w in self.widths), "widths",
+                     f"must be positive channel counts, got {self.widths}")
+        _require(self.convs_per_block is None or self.convs_per_block > 0, "convs_per_block", "must be >= 1")
+        _require(self.kernel_size is None or (self.kernel_size > 0 and self.kernel_size % 2 == 1), "kernel_size",
+                 f"must be a positive odd number, got {self.kernel_size}")
+        for name in ("block_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None:
+                _fraction(value, name)
+
+    def overrides(self) -> dict[str, Any]:
+        """The shape options the user set, as model-config keyword arguments."""
+        names = ("widths", "convs_per_block", "kernel_size", "pooling", "batch_norm", "activation",
+                 "block_dropout", "classifier_dropout")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass
+class TrainingArguments:
+    """How to train: output, optimisation, schedule, early stopping, checkpoints, logging."""
+
+    output_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where the model folder is written. Default: outputs/<dataset>-<model>."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into a folder that already holds a finished model."}
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed for model initialisation, splits and data order."})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "Training epochs (passes over the train split)."})
+    max_train_steps: Optional[int] = field(
+        default=None, metadata={"help": "Stop after this many optimizer steps; overrides --num_train_epochs."}
+    )
+    per_device_train_batch_size: int = field(default=256, metadata={"help": "Training images per step per process."})
+    per_device_eval_batch_size: int = field(default=512, metadata={"help": "Evaluation images per step per process."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Batches whose gradients are summed before each optimizer step."}
+    )
+    optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata={"help": "Optimizer."})
+    learning_rate: float = field(default=0.2, metadata={"help": "Peak learning rate (per optimizer step)."})
+    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay (L2 for sgd/adam, decoupled for adamw)."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    nesterov: bool = field(default=True, metadata={"help": "Use Nesterov momentum with SGD."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Cross-entropy label smoothing (fraction)."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Clip gradients to this L2 norm; 0 disables."})
+    lr_scheduler_type: Literal["constant", "linear", "onecycle", "cosine", "plateau"] = field(
+        default="onecycle",
+        metadata={"help": "constant; linear (warm-up then linear decay to 0); onecycle; cosine (warm-up then cosine); "
+                          "plateau (reduce on a stalled validation metric)."},
+    )
+    warmup_ratio: float = field(
+        default=0.2, metadata={"help": "Fraction of optimizer steps spent warming up (linear, cosine, onecycle)."}
+    )
+    plateau_patience: int = field(
+        default=2, metadata={"help": "Plateau: epochs without improvement before the learning rate is cut."}
+    )
+    plateau_factor: float = field(default=0.5, metadata={"help": "Plateau: factor the learning rate is multiplied by."})
+    metric_for_best_model: Literal["accuracy", "f1", "loss"] = field(
+        default="accuracy", metadata={"help": "Validation metric that picks the best epoch and drives early stopping."}
+    )
+    early_stopping_patience: Optional[int] = field(
+        default=None, metadata={"help": "Stop after this many epochs without improvement; unset disables."}
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Minimum change of the metric that counts as an improvement."}
+    )
+    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = field(
+        default=None, metadata={"help": "Mixed precision; default: Accelerate's config (no on CPU)."}
+    )
+    save_total_limit: int = field(default=2, metadata={"help": "Keep this many epoch checkpoints (the newest)."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder to continue from."}
+    )
+    report_to: Literal["none", "tensorboard"] = field(
+        default="none", metadata={"help": "Experiment tracker fed through Accelerate (logs under OUTPUT_DIR/runs)."}
+    )
+
+    def __post_init__(self):
+        _require(self.num_train_epochs > 0, "num_train_epochs", f"must be > 0, got {self.num_train_epochs}")
+        _require(self.max_train_steps is None or self.max_train_steps > 0, "max_train_steps", "must be >= 1")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        _fraction(self.label_smoothing, "label_smoothing")
+        _fraction(self.warmup_ratio, "warmup_ratio")
+        _require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)")
+        _require(self.plateau_patience >= 0, "plateau_patience", "must be >= 0")
+        _require(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
+        _require(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+                 "early_stopping_patience", "must be >= 1")
+        _require(self.early_stopping_threshold >= 0, "early_stopping_threshold", "must be >= 0")
+        _require(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.metric_for_best_model != "loss"
+
+
+@dataclass
+class HubArguments:
+    """Pushing the finished model to the Hugging Face Hub."""
+
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the model folder to the Hub after training."})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Repository to push to, as USER/NAME."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    hub_token: Optional[str] = field(
+        default=None, metadata={"help": "Hub token; default: HF_TOKEN or the cached login. Never saved or logged."}
+    )
+
+    def __post_init__(self):
+        if self.push_to_hub:
+            _require(bool(self.hub_model_id) and self.hub_model_id.count("/") == 1, "hub_model_id",
+                     "--push_to_hub needs --hub_model_id USER/NAME")
+
+
+ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainingArguments, HubArguments)
+SECRET_FIELDS = {"hub_token"}
+
+
+@dataclass
+class Config:
+    """The resolved configuration of one run."""
+
+    data: DataArguments = field(default_factory=DataArguments)
+    model: ModelArguments = field(default_factory=ModelArguments)
+    train: TrainingArguments = field(default_factory=TrainingArguments)
+    hub: HubArguments = field(default_factory=HubArguments)
+
+    def __post_init__(self):
+        if self.train.output_dir is None:
+            name = Path(self.data.dataset.rstrip("/")).name or "dataset"
+            self.train.output_dir = os.path.join("outputs", f"{name}-{self.model.model.replace('/', '-')}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat {flag: value} of every option, secrets removed (re-parses with `parse_config`)."""
+        flat: dict[str, Any] = {}
+        for part in (self.data, self.model, self.train, self.hub):
+            flat.update(dataclasses.asdict(part))
+        for name in SECRET_FIELDS:
+            flat.pop(name, None)
+        return flat
+
+
+def _parser():
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(ARGUMENT_CLASSES)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError("config", f"config file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".json"):
+            values = json.load(f)
+        else:
+            import yaml
+
+            values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of flag names to values")
+    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(unknown[0], f"is not an option (in {path}); run `python train.py --help` for the list")
+    return values
+
+
+def parse_config(argv: Optional[list[str]] = None) -> Config:
+    """Parse flags, or a JSON/YAML file followed by optional flag overrides, into a `Config`.
+
+    `python train.py --dataset mnist`, `python train.py run.yaml`, `python train.py run.yaml --seed 1`.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        parser.set_defaults(**_read_config_file(argv.pop(0)))
+    *parts, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        flag = unknown[0].lstrip("-").split("=")[0]
+        raise ConfigError(flag, f"is not an option (got {' '.join(unknown)}); run `python train.py --help` for the list")
+    return Config(*parts)
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config (no secrets) as JSON, atomically."""
+    from .files import write_json
+
+    write_json(path, config.to_dict())
