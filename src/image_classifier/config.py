@@ -206,7 +206,9 @@ class TrainingArguments:
         default=1, metadata={"help": "Batches whose gradients are summed before each optimizer step."}
     )
     optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata={"help": "Optimizer."})
-    learning_rate: float = field(default=0.2, metadata={"help": "Peak learning rate (per optimizer step)."})
+    learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Peak learning rate. Default: 0.2 for sgd, 0.001 for adam/adamw."}
+    )
     weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay (L2 for sgd/adam, decoupled for adamw)."})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
     nesterov: bool = field(default=True, metadata={"help": "Use Nesterov momentum with SGD."})
@@ -251,6 +253,8 @@ class TrainingArguments:
         _require(self.max_train_steps is None or self.max_train_steps > 0, "max_train_steps", "must be >= 1")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate is None:
+            self.learning_rate = 0.2 if self.optimizer == "sgd" else 1e-3
         _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")

@@ -1,0 +1,86 @@
+"""Command line: `python -m image_classifier COMMAND ...` (also installed as `image-classifier`).
+
+    python -m image_classifier push OUTPUT_DIR --hub_model_id USER/NAME [--hub_private_repo] [--hub_token T]
+
+Adding a command: write `_add_NAME(subparsers)` that adds a sub-parser with `set_defaults(run=fn)`,
+where `fn(args) -> int` is the exit status, and append it to `COMMANDS`. Errors a user can fix
+(`HubError`, `ConfigError`, ...; see `USER_ERRORS`) are printed as one paragraph on stderr with exit
+status 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Optional
+
+__all__ = ["main", "build_parser", "COMMANDS", "USER_ERRORS"]
+
+
+def _add_push(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push", help="push a trained model folder to the Hugging Face Hub",
+        description="Push the model folder a training run wrote (OUTPUT_DIR) to a Hub model repository: create the "
+                    "repository if needed, render the model card with the repository id, and upload everything "
+                    "except checkpoints/ and runs/ in one commit.")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the model folder of a finished run")
+    parser.add_argument("--hub_model_id", required=True, metavar="USER/NAME",
+                        help="repository to push to (NAME alone uses the token's user name)")
+    parser.add_argument("--hub_private_repo", action="store_true", help="create the repository as private")
+    parser.add_argument("--hub_token", default=None, metavar="TOKEN",
+                        help="Hub token with write access; default: HF_TOKEN, else the cached `hf auth login`. "
+                             "Prefer HF_TOKEN: a token on the command line shows in the process list and history.")
+    parser.add_argument("--commit_message", default=None,
+                        help="commit message; default: 'Upload model: test accuracy X'")
+    parser.set_defaults(run=_push)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    url = push_to_hub(args.output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token,
+                      commit_message=args.commit_message)
+    print(url)
+    return 0
+
+
+# Each adds one sub-command; `predict` and `deploy-space` are added here by their modules' owners.
+COMMANDS: list[Callable] = [_add_push]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    prog = "python -m image_classifier" if os.path.basename(sys.argv[0]) == "__main__.py" else "image-classifier"
+    parser = argparse.ArgumentParser(prog=prog, description="Image classifier tools: push a trained model to the Hub.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+# Errors that carry a message for the user (not a bug), by module: printed without a traceback.
+USER_ERRORS = {"hub": "HubError", "config": "ConfigError", "data": "DataError", "inference": "ImageError"}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # Only modules already imported can have raised: look them up rather than import them here.
+    modules = {name: sys.modules.get(f"image_classifier.{name}") for name in USER_ERRORS}
+    return tuple(getattr(module, USER_ERRORS[name]) for name, module in modules.items()
+                 if module is not None and hasattr(module, USER_ERRORS[name]))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `image-classifier` and `python -m image_classifier`; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except _user_errors() as error:
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one paragraph, as one line
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

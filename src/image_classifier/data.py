@@ -1,0 +1,944 @@
+"""The data stage: load a dataset, find its columns, split it, decode it once into uint8 tensors.
+
+Flow of `load_data`:
+
+1. `_load_source`: a Hub id or alias, a local folder of parquet/arrow files, a `save_to_disk`
+   folder, or an image folder (one subfolder per class) becomes a `DatasetDict`.
+2. `_find_columns`: the image and label columns, by feature type unless named.
+3. `_normalize_source`: keep those two columns as `image` (Image) and `label` (ClassLabel).
+4. `_plan_splits`: train/validation/test as row indices into the source splits; missing ones are
+   carved from train (stratified, seeded); then the seeded `--max_*_samples` subsets.
+5. `_decode_split`: every image decoded once with PIL (`decode_image`) into a uint8 (N, C, S, S)
+   tensor, cached on disk; corrupt images are skipped with a warning (or fail: --strict_images).
+6. Mean/std per channel of the train tensor; `summary` for data_summary.json.
+
+`decode_image` is the one conversion from a PIL image to model pixels; `build_image_processor`
+is the transformers image processor saved with the model, which gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .config import DataArguments
+from .files import atomic_path, write_json
+
+__all__ = [
+    "DataError",
+    "CorruptImageWarning",
+    "ALIASES",
+    "resolve_dataset",
+    "load_data",
+    "build_image_data",
+    "ImageData",
+    "ImageTensors",
+    "decode_image",
+    "build_image_processor",
+    "explore",
+]
+
+ALIASES: dict[str, str] = {
+    "cifar10": "uoft-cs/cifar10",
+    "cifar100": "uoft-cs/cifar100",
+    "mnist": "ylecun/mnist",
+    "fashion_mnist": "zalando-datasets/fashion_mnist",
+}
+
+# Bump when decoding changes: old cache files are then never read again.
+DECODE_VERSION = 1
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+DATA_FILE_SUFFIXES = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
+IMAGE_COLUMN_NAMES = ("image", "img", "images", "pixel_values", "picture", "photo")
+LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "y")
+GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
+DEFAULTS_SAMPLE = 1000          # train images whose headers decide the default size and channels
+SKIPPED_SHOWN = 5               # skipped rows named in the warning and the summary
+
+
+class DataError(ValueError):
+    """A dataset problem the user can fix; the message says what is wrong, what was found, and the fix."""
+
+
+class CorruptImageWarning(UserWarning):
+    """Some images could not be decoded and were skipped."""
+
+
+# --------------------------------------------------------------------------------------------
+# Public values
+# --------------------------------------------------------------------------------------------
+
+
+class ImageTensors(torch.utils.data.Dataset):
+    """Decoded images of one split: `images` uint8 (N, C, H, W), `labels` int64 (N,)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+@dataclass
+class ImageData:
+    """Everything the later stages need from the data stage."""
+
+    splits: Any                            # datasets.DatasetDict: train/validation/test, columns image, label
+    tensors: dict[str, ImageTensors]       # same keys; row i of a tensor is row i of its split
+    class_names: list[str]
+    image_size: int
+    num_channels: int
+    mean: list[float]                      # 3 values in [0, 1] units (a gray value repeated for 1 channel)
+    std: list[float]
+    summary: dict                          # what data_summary.json holds
+    cache: dict = field(default_factory=dict)   # cache folder, files, which splits were hits, seconds
+
+
+def resolve_dataset(name: str) -> str:
+    """Map an alias (cifar10, cifar100, mnist, fashion_mnist) to its Hub id; other names are returned as given.
+
+    An existing local folder of the same name wins over the alias.
+    """
+    name = name.strip()
+    key = name.lower().replace("-", "_")
+    if key in ALIASES and not os.path.isdir(name):
+        return ALIASES[key]
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding: PIL image -> uint8 (C, S, S)
+# --------------------------------------------------------------------------------------------
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    """RGBA/LA/P-with-transparency -> RGB on a white background (as transformers' convert_to_rgb does)."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:
+    """Single-band 16/32-bit integer or float image -> uint8 (H, W), scaled rather than clipped.
+
+    I;16*: 0..65535 -> 0..255 (divide by 257, rounded). I (32-bit): 16-bit scaling when any value
+    exceeds 255, else taken as 8-bit values. F: taken as [0, 1] when its maximum is <= 1, else as 0..255.
+    """
+    array = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if image.mode == "I":
+        array = np.clip(array.astype(np.int64), 0, 65535)
+        if array.max(initial=0) > 255:
+            return ((array * 255 + 32767) // 65535).astype(np.uint8)
+        return array.astype(np.uint8)
+    array = np.nan_to_num(array.astype(np.float64))          # mode F
+    if array.max(initial=0.0) <= 1.0:
+        array = array * 255.0
+    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    return "A" in image.getbands() or "a" in image.getbands() or image.info.get("transparency") is not None
+
+
+def _to_array(image: Image.Image, num_channels: int) -> np.ndarray:
+    """Any PIL mode -> uint8 (H, W, num_channels), before resizing.
+
+    Transparency is composited on white; gray -> RGB repeats the value; RGB -> gray uses PIL's
+    ITU-R 601 luminance (0.299, 0.587, 0.114), the same weights the 1-channel model applies to RGB input.
+    """
+    image = ImageOps.exif_transpose(image)      # camera JPEGs: pixels as the viewer shows them
+    mode = image.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        gray = _high_depth_to_uint8(image)
+        rgb = None
+    elif _has_transparency(image):
+        rgb, gray = _composite_on_white(image), None
+    elif mode in ("L", "1"):
+        rgb, gray = None, np.asarray(image.convert("L") if mode == "1" else image)
+    else:                                        # RGB, P (no transparency), CMYK, YCbCr, LAB, HSV, ...
+        rgb, gray = (image if mode == "RGB" else image.convert("RGB")), None
+    if num_channels == 1:
+        if gray is None:
+            gray = np.asarray(rgb.convert("L"))
+        return gray[:, :, None]
+    if rgb is not None:
+        return np.asarray(rgb)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _chw_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, C) array -> (C, H, W) tensor; PIL's arrays are read-only, so copy those."""
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, copy=True, order="C")
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _resize_chw(tensor: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (C, H, W) -> uint8 (C, S, S): torchvision v2 bilinear with antialias, as the image processor."""
+    from torchvision.transforms.v2 import functional as F
+
+    if tensor.shape[-2:] == (image_size, image_size):
+        return tensor
+    return F.resize(tensor, [image_size, image_size], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+
+
+def decode_image(image: Image.Image, num_channels: int, image_size: int) -> torch.Tensor:
+    """PIL image of any mode -> uint8 tensor (num_channels, image_size, image_size).
+
+    The single conversion used for training, evaluation and inference: mode conversion (`_to_array`),
+    then a square bilinear antialiased resize, exactly what `build_image_processor` does before
+    rescaling and normalizing.
+    """
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
+    tensor = _chw_tensor(_to_array(image, num_channels))
+    return _resize_chw(tensor, image_size).contiguous()
+
+
+def build_image_processor(image_size: int, mean: Iterable[float], std: Iterable[float]):
+    """The transformers image processor saved with the model: RGB -> resize -> /255 -> normalize.
+
+    A `ViTImageProcessor` (torchvision backend in transformers 5, which `AutoImageProcessor` loads
+    back): it composites transparency on white, resizes to `image_size` square (bilinear, antialias)
+    and normalizes with 3-value `mean`/`std` in [0, 1] units, so its `pixel_values` equal
+    `Normalize(mean, std)(decode_image(image, 3, image_size))`. 1-channel models get 3 equal channels
+    and reduce them with luminance weights that sum to 1.
+    """
+    from transformers import ViTImageProcessor
+
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if len(mean) == 1:
+        mean, std = mean * 3, std * 3
+    return ViTImageProcessor(
+        do_resize=True, size={"height": int(image_size), "width": int(image_size)}, resample=2,  # 2: BILINEAR
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=mean, image_std=std,
+        do_convert_rgb=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading the source
+# --------------------------------------------------------------------------------------------
+
+
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith(("/", "./", "../", "~", "\\")) or "\\" in name or name.count("/") > 1
+            or Path(name).suffix.lower() in DATA_FILE_SUFFIXES | IMAGE_SUFFIXES)
+
+
+def _folder_kind(path: Path) -> str:
+    """'save_to_disk', 'data files' or 'imagefolder', by what the folder holds."""
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return "save_to_disk"
+    data_files = images = 0
+    for i, item in enumerate(path.rglob("*")):
+        if item.is_file() and not any(part.startswith(".") for part in item.relative_to(path).parts):
+            suffix = item.suffix.lower()
+            # An image folder may carry metadata.csv/jsonl beside its images: that does not make it data files.
+            data_files += suffix in DATA_FILE_SUFFIXES and item.stem != "metadata"
+            images += suffix in IMAGE_SUFFIXES
+        if i > 20000:            # enough to tell the kind of a large image folder
+            break
+    if data_files:
+        return "data files"
+    if images:
+        return "imagefolder"
+    found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
+    raise DataError(
+        f"The folder {path} holds no dataset: expected parquet/arrow/csv/json files, a `save_to_disk` folder "
+        f"(dataset_dict.json or state.json), or an image folder with one subfolder of images per class; "
+        f"found {found}. Point --dataset at one of those.")
+
+
+def _load_source(args: DataArguments):
+    """Load whatever --dataset names; return (DatasetDict, kind, resolved name)."""
+    import datasets
+
+    resolved = resolve_dataset(args.dataset)
+    path = Path(resolved).expanduser()
+    config = args.dataset_config_name
+    if config and path.is_dir() and (path / config).is_dir():
+        path, config = path / config, None          # a local copy keeps each configuration in its own subfolder
+    try:
+        if path.is_dir():
+            kind = _folder_kind(path)
+            if kind == "save_to_disk":
+                raw = datasets.load_from_disk(str(path))
+            elif kind == "imagefolder":
+                raw = datasets.load_dataset("imagefolder", data_dir=str(path))
+            else:
+                raw = datasets.load_dataset(str(path), config) if config else datasets.load_dataset(str(path))
+            resolved = str(path.resolve())
+        elif path.is_file():
+            suffix = path.suffix.lower().lstrip(".")
+            builder = {"jsonl": "json"}.get(suffix, suffix)
+            if f".{suffix}" not in DATA_FILE_SUFFIXES:
+                raise DataError(
+                    f"--dataset {args.dataset} is a single file of a kind that cannot be loaded ({path.suffix}). "
+                    f"Pass a parquet/arrow/csv/json file, or a folder (data files, `save_to_disk`, or an image "
+                    f"folder).")
+            kind, resolved = "data files", str(path.resolve())
+            raw = datasets.load_dataset(builder, data_files=resolved)
+        elif _looks_like_path(resolved):
+            parent = path.parent
+            hint = (f"its parent folder {parent} exists and holds: "
+                    f"{', '.join(sorted(p.name for p in parent.iterdir())[:10]) or 'nothing'}"
+                    if parent.is_dir() else f"its parent folder {parent} does not exist either")
+            raise DataError(
+                f"The dataset path {path} does not exist ({hint}). Pass an existing local folder (parquet/arrow "
+                f"files, a `save_to_disk` folder, or an image folder), a Hub dataset id such as uoft-cs/cifar10, "
+                f"or an alias ({', '.join(ALIASES)}) with --dataset.")
+        else:
+            kind = "hub"
+            raw = datasets.load_dataset(resolved, config) if config else datasets.load_dataset(resolved)
+    except DataError:
+        raise
+    except Exception as error:          # datasets raises many types: report them as one fixable problem
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = ("from the Hugging Face Hub" if not path.exists() else f"from {path}")
+        advice = ("Check the id (and --dataset_config_name) and the network connection, or pass a local folder "
+                  "(parquet/arrow files, a `save_to_disk` folder, or an image folder) with --dataset."
+                  if not path.exists() else
+                  "Check that the folder holds a dataset in one of the supported layouts and that "
+                  "--dataset_config_name (if given) names one of its configurations.")
+        raise DataError(f"Could not load dataset {args.dataset!r} ({resolved}) {where}: "
+                        f"{type(error).__name__}: {first_line}. {advice}") from error
+    if isinstance(raw, datasets.Dataset):
+        raw = datasets.DatasetDict({"train": raw})
+    if not isinstance(raw, datasets.DatasetDict) or len(raw) == 0:
+        raise DataError(f"Dataset {args.dataset!r} loaded as {type(raw).__name__} with no splits; "
+                        f"pass a dataset with at least a train split.")
+    return raw, kind, resolved
+
+
+# --------------------------------------------------------------------------------------------
+# Columns and labels
+# --------------------------------------------------------------------------------------------
+
+
+def _describe_feature(feature) -> str:
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return f"ClassLabel, {feature.num_classes} classes"
+    if isinstance(feature, datasets.Image):
+        return "Image"
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    return type(feature).__name__
+
+
+def _describe_columns(features) -> str:
+    return ", ".join(f"{name} ({_describe_feature(f)})" for name, f in features.items()) or "none"
+
+
+def _is_label_feature(feature) -> bool:
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return True
+    return isinstance(feature, datasets.Value) and (
+        feature.dtype.startswith(("int", "uint")) or feature.dtype in ("string", "large_string", "bool"))
+
+
+def _is_image_feature(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, datasets.Image) or (
+        isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string", "binary", "large_binary"))
+
+
+def _pick(candidates: list[str], preferred: tuple[str, ...]) -> Optional[str]:
+    for name in preferred:
+        for candidate in candidates:
+            if candidate.lower() == name:
+                return candidate
+    return candidates[0] if candidates else None
+
+
+def _find_columns(features, image_column: Optional[str], label_column: Optional[str]) -> tuple[str, str]:
+    """(image column, label column): the named ones, checked, or found by feature type."""
+    import datasets
+
+    columns = _describe_columns(features)
+    for flag, name, check, what in (("image_column", image_column, _is_image_feature, "images (Image, or file paths)"),
+                                    ("label_column", label_column, _is_label_feature,
+                                     "labels (ClassLabel, integers or strings)")):
+        if name is None:
+            continue
+        if name not in features:
+            raise DataError(f"--{flag} {name!r} is not a column of this dataset; the columns are: {columns}. "
+                            f"Pass one of them with --{flag}, or leave --{flag} out to find it by feature type.")
+        if not check(features[name]):
+            raise DataError(f"--{flag} {name!r} holds {_describe_feature(features[name])}, not {what}; "
+                            f"the columns are: {columns}. Pass the right one with --{flag}.")
+    if image_column is None:
+        found = [n for n, f in features.items() if isinstance(f, datasets.Image)]
+        image_column = _pick(found, IMAGE_COLUMN_NAMES)
+        if image_column is None:
+            raise DataError(f"No image column found: no column has the Image feature type; the columns are: "
+                            f"{columns}. Name the column holding images (or image file paths) with --image_column.")
+    if label_column is None:
+        class_labels = [n for n, f in features.items() if isinstance(f, datasets.ClassLabel)]
+        plain = [n for n, f in features.items() if n != image_column and _is_label_feature(f)
+                 and n.lower() in LABEL_COLUMN_NAMES]
+        label_column = _pick(class_labels, LABEL_COLUMN_NAMES) or _pick(plain, LABEL_COLUMN_NAMES)
+        if label_column is None:
+            raise DataError(f"No label column found: no column is a ClassLabel, and none of the integer or string "
+                            f"columns has a label-like name ({', '.join(LABEL_COLUMN_NAMES)}); the columns are: "
+                            f"{columns}. Name the column holding the classes with --label_column.")
+    if image_column == label_column:
+        raise DataError(f"The image and label columns are both {image_column!r}; the columns are: {columns}. "
+                        f"Pass different --image_column and --label_column.")
+    return image_column, label_column
+
+
+def _normalize_source(raw, image_column: str, label_column: str):
+    """Keep the two columns, as `image` (Image) and `label` (ClassLabel); return (splits, class_names, labels).
+
+    Class names come from the ClassLabel; else sorted unique strings; else str(value) of the sorted
+    unique integers. `labels[split]` is the int64 label array; -1 marks an unlabeled row.
+    """
+    import datasets
+
+    features = {name: split.features for name, split in raw.items()}
+    for name, feats in features.items():
+        missing = [c for c in (image_column, label_column) if c not in feats]
+        if missing:
+            raise DataError(f"Split {name!r} lacks column(s) {', '.join(missing)}; its columns are: "
+                            f"{_describe_columns(feats)}. Every split needs the same image and label columns.")
+    first = next(iter(features.values()))[label_column]
+    values: dict[str, list] = {}
+    if isinstance(first, datasets.ClassLabel):
+        class_names = [str(n) for n in first.names]
+        for name, feats in features.items():
+            if feats[label_column] != first:
+                raise DataError(f"The label column {label_column!r} has different classes in split {name!r} "
+                                f"({feats[label_column]}) than in {next(iter(features))!r} ({first}); "
+                                f"the splits must share one set of classes.")
+    else:
+        for name, split in raw.items():
+            values[name] = split.select_columns([label_column])[:][label_column]
+        unique = {v for vals in values.values() for v in vals if v is not None}
+        try:
+            ordered = sorted(unique)
+        except TypeError:            # mixed types: sort by their text
+            ordered = sorted(unique, key=str)
+        class_names = [str(v) for v in ordered]
+        if len(set(class_names)) != len(class_names):
+            raise DataError(f"The labels of column {label_column!r} do not map to distinct class names "
+                            f"({ordered[:10]}); pass another --label_column.")
+    out, labels = {}, {}
+    for name, split in raw.items():
+        split = split.select_columns([image_column, label_column])
+        if not isinstance(split.features[image_column], datasets.Image):
+            split = split.cast_column(image_column, datasets.Image())       # file paths or bytes
+        if not isinstance(first, datasets.ClassLabel):                    # strings / plain ints -> ClassLabel
+            index = {v: i for i, v in enumerate(ordered)}
+            ids = np.array([index.get(v, -1) if v is not None else -1 for v in values[name]], dtype=np.int64)
+            split = split.remove_columns([label_column]).add_column(
+                "__label__", ids.tolist(), feature=datasets.ClassLabel(names=class_names))
+            split = split.rename_column("__label__", "label")
+        elif label_column != "label":
+            split = split.rename_column(label_column, "label")
+        if image_column != "image":
+            split = split.rename_column(image_column, "image")
+        out[name] = split
+        labels[name] = np.asarray(split.select_columns(["label"]).with_format("numpy")[:]["label"], dtype=np.int64)
+    return datasets.DatasetDict(out), class_names, labels
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SplitPlan:
+    source: str                 # name of the source split the rows come from
+    rows: np.ndarray            # row indices into that source split (int64, sorted)
+    origin: str                 # how it was made, for the summary
+    rows_before_limit: int = 0
+
+
+def _stratified_split(labels: np.ndarray, n_holdout: int, seed: int,
+                      notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (kept, holdout) of a seeded split, stratified by label when every class allows it.
+
+    The same indices as `Dataset.train_test_split(test_size=n_holdout, stratify_by_column="label",
+    seed=seed)` (its own stratification routine with the same generator), without its row-by-row
+    read of the label column, which takes ~20 s for 50,000 rows in datasets 5.
+    """
+    from datasets.utils.stratify import stratified_shuffle_split_generate_indices
+
+    n_train = len(labels) - n_holdout
+    try:
+        kept, holdout = next(stratified_shuffle_split_generate_indices(
+            labels, n_train, n_holdout, rng=np.random.default_rng(seed)))
+    except ValueError as error:      # a class with one image, or fewer rows on a side than classes
+        reason = ("a class has only one image" if "Minimum class count" in str(error) else str(error))
+        notes.append(f"split not stratified: {reason}")
+        warnings.warn(f"Could not stratify the split ({reason}); splitting at random instead.", stacklevel=3)
+        permutation = np.random.default_rng(seed).permutation(len(labels))
+        holdout, kept = permutation[:n_holdout], permutation[n_holdout:]
+    return np.sort(np.asarray(kept, dtype=np.int64)), np.sort(np.asarray(holdout, dtype=np.int64))
+
+
+def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,
+                 class_names: list[str], notes: list[str]) -> dict[str, _SplitPlan]:
+    """train/validation/test as rows of source splits; carve what is missing from train; subset."""
+    found: dict[str, str] = {}
+    for canonical, aliases in SPLIT_NAMES.items():
+        for name in names:
+            if name.lower() in aliases and canonical not in found:
+                found[canonical] = name
+    if "train" not in found:
+        if len(names) == 1:
+            found["train"] = names[0]
+            notes.append(f"the only split, {names[0]!r}, is used as train")
+        else:
+            raise DataError(f"No train split: the dataset's splits are {', '.join(names)}. Expected one named "
+                            f"train (and optionally validation/valid/val and test); rename the splits or the "
+                            f"folders (train/, validation/, test/).")
+    ignored = [n for n in names if n not in found.values()]
+    if ignored:
+        notes.append(f"splits not used: {', '.join(ignored)}")
+
+    def labeled(name: str) -> np.ndarray:
+        return np.flatnonzero(labels[name] >= 0)
+
+    plans: dict[str, _SplitPlan] = {}
+    for canonical, name in found.items():
+        rows = labeled(name)
+        if len(rows) < len(labels[name]):
+            notes.append(f"{len(labels[name]) - len(rows)} unlabeled rows of {name!r} dropped")
+        if len(rows) == 0 and canonical != "train":
+            notes.append(f"split {name!r} has no labels: {canonical} is carved from train instead")
+            continue
+        plans[canonical] = _SplitPlan(name, rows, name if name == canonical else f"{name} (as {canonical})")
+    train = plans.get("train")
+    if train is None or len(train.rows) == 0:
+        raise DataError(f"The train split {found['train']!r} has no labeled rows; pass a dataset whose train split "
+                        f"has labels, or another --label_column.")
+
+    missing = [s for s in ("validation", "test") if s not in plans]
+    if missing:
+        n = len(train.rows)
+        fractions = {"validation": args.validation_split_fraction, "test": args.test_split_fraction}
+        counts = {s: max(1, int(round(fractions[s] * n))) for s in missing}
+        if sum(counts.values()) >= n:
+            raise DataError(f"The train split has only {n} labeled images: too few to carve "
+                            f"{' and '.join(missing)} from it ({counts}). Add images, lower "
+                            f"--validation_split_fraction/--test_split_fraction, or provide those splits.")
+        train_labels = labels[train.source][train.rows]
+        kept, holdout = _stratified_split(train_labels, sum(counts.values()), seed, notes)
+        source_rows = train.rows
+        if len(missing) == 2:           # split the holdout again into validation and test
+            val_pos, test_pos = _stratified_split(train_labels[holdout], counts["test"], seed, notes)
+            parts = {"validation": holdout[val_pos], "test": holdout[test_pos]}
+        else:
+            parts = {missing[0]: holdout}
+        for s, positions in parts.items():
+            share = 100 * len(positions) / n
+            plans[s] = _SplitPlan(train.source, source_rows[positions],
+                                  f"carved from {train.source} ({share:.1f}%, stratified, seed {seed})")
+        plans["train"] = _SplitPlan(train.source, source_rows[kept],
+                                    f"{train.source} minus the carved {' and '.join(missing)}")
+
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
+    for i, s in enumerate(("train", "validation", "test")):
+        plan = plans[s]
+        plan.rows_before_limit = len(plan.rows)
+        limit = limits[s]
+        if limit is not None and limit < len(plan.rows):
+            rng = np.random.default_rng([seed, i])
+            plan.rows = np.sort(plan.rows[rng.choice(len(plan.rows), size=limit, replace=False)])
+            plan.origin += f"; random {limit} of {plan.rows_before_limit} (seed {seed})"
+    return {s: plans[s] for s in ("train", "validation", "test")}
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding splits, with a disk cache
+# --------------------------------------------------------------------------------------------
+
+
+def _open_image(value) -> Image.Image:
+    """A raw Image value ({'bytes', 'path'} with decode=False) -> a loaded PIL image."""
+    if value is None:
+        raise ValueError("no image in this row")
+    data = value.get("bytes")
+    with Image.open(io.BytesIO(data) if data is not None else value["path"]) as image:
+        image.load()                                 # pixels stay usable after the file is closed
+    return image
+
+
+def _is_gray(image: Image.Image) -> bool:
+    if image.mode in GRAY_MODES:
+        return True
+    if image.mode in ("P", "PA"):
+        palette = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+        return bool(len(palette)) and bool((palette == palette[:, :1]).all())
+    return False
+
+
+def _choose_defaults(split, args: DataArguments) -> tuple[int, int, str, str]:
+    """(image_size, num_channels, how each was chosen) from the flags, else from sampled train headers."""
+    if args.image_size is not None and args.num_channels is not None:
+        return args.image_size, args.num_channels, "--image_size", "--num_channels"
+    n = len(split)
+    positions = np.unique(np.linspace(0, n - 1, num=min(n, DEFAULTS_SAMPLE)).astype(np.int64)).tolist()
+    values = split.select(positions)["image"][:]
+    sides: Counter = Counter()
+    gray = seen = 0
+    for value in values:
+        try:
+            source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+            with Image.open(source) as image:                    # reads the header only: size and mode
+                sides.update(image.size)
+                gray += _is_gray(image)
+        except Exception:
+            continue                                             # reported when decoding
+        seen += 1
+    if seen == 0:
+        raise DataError(f"None of the {len(positions)} sampled train images could be opened; the image column "
+                        f"holds no readable images. Check the files, or pass another --image_column.")
+    sample = f"{seen} sampled train images" if seen < n else f"all {seen} train images"
+    if args.image_size is not None:
+        size, size_from = args.image_size, "--image_size"
+    else:
+        size = max(sides.items(), key=lambda kv: (kv[1], kv[0]))[0]      # most common side; ties: larger
+        size_from = f"most common side among {sample}"
+    if args.num_channels is not None:
+        channels, channels_from = args.num_channels, "--num_channels"
+    else:
+        channels = 1 if gray == seen else 3
+        channels_from = (f"all {sample} are grayscale" if channels == 1
+                         else f"{seen - gray} of {sample} are in colour")
+    return size, channels, size_from, channels_from
+
+
+def _cache_root(args: DataArguments) -> Path:
+    if args.cache_dir:
+        return Path(args.cache_dir).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "image_classifier"
+
+
+def _cache_file(root: Path, dataset: str, split: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(dataset.rstrip("/")).name)[:40] or "data"
+    return root / f"{slug}-{split}-{digest}.pt"
+
+
+def _describe_row(value, split: str, source: str, row: int) -> str:
+    """'train row 17 (path)', or 'validation (train row 17)' for a carved split; row: index in the source split."""
+    path = (value or {}).get("path")
+    where = f"{source} row {row}" if split == source else f"{split} ({source} row {row})"
+    return where + (f" ({path})" if path else "")
+
+
+def _decode_split(split, name: str, plan: _SplitPlan, labels: np.ndarray, num_channels: int, image_size: int,
+                  strict: bool) -> dict:
+    """Decode every image of one split: uint8 images, labels, kept positions, skipped rows, sizes, modes."""
+    import datasets
+    from tqdm.auto import tqdm
+
+    n = len(split)
+    size, channels = image_size, num_channels
+    out = np.empty((n, size, size, channels), dtype=np.uint8)       # channels-last while filling: cheap copies
+    kept: list[int] = []
+    skipped: list[str] = []
+    sizes: Counter = Counter()
+    modes: Counter = Counter()
+    raw = split.cast_column("image", datasets.Image(decode=False)).select_columns(["image"])
+    position = 0
+    with tqdm(total=n, desc=f"Decoding {name}", unit="img", leave=False, dynamic_ncols=True) as bar:
+        for batch in raw.iter(batch_size=2048):
+            for value in batch["image"]:
+                try:
+                    image = _open_image(value)
+                    array = _to_array(image, channels)
+                    if array.shape[:2] != (size, size):
+                        array = _resize_chw(_chw_tensor(array), size).permute(1, 2, 0).numpy()
+                except Exception as error:                 # PIL raises OSError, SyntaxError, ValueError, ...
+                    where = _describe_row(value, name, plan.source, int(plan.rows[position]))
+                    if strict:
+                        raise DataError(
+                            f"Image {where} cannot be decoded ({type(error).__name__}: "
+                            f"{error}). Remove or replace the file, or drop --strict_images to skip undecodable "
+                            f"images with a warning.") from error
+                    skipped.append(f"{where}: {type(error).__name__}: {str(error)[:120]}")
+                else:
+                    out[len(kept)] = array
+                    kept.append(position)
+                    sizes[f"{image.width}x{image.height}"] += 1
+                    modes[image.mode] += 1
+                position += 1
+            bar.update(len(batch["image"]))
+    # A compact copy: a view of `out` would make torch.save write the rows of skipped images too.
+    images = torch.from_numpy(out[: len(kept)]).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+    kept_t = torch.tensor(kept, dtype=torch.int64)
+    mean, std = _channel_stats(images)
+    return {"version": DECODE_VERSION, "images": images, "labels": torch.from_numpy(labels[kept_t.numpy()]),
+            "kept": kept_t, "skipped": skipped, "sizes": dict(sizes), "modes": dict(modes), "mean": mean, "std": std}
+
+
+def _load_or_decode(split, name: str, plan: _SplitPlan, labels: np.ndarray, key: dict, path: Path,
+                    args: DataArguments, image_size: int, num_channels: int) -> tuple[dict, bool]:
+    """The decoded split from the cache file when present and valid, else decoded and cached."""
+    if path.is_file():
+        try:
+            entry = torch.load(path, weights_only=True)
+            if entry.get("key") == key and entry["images"].shape[1:] == (num_channels, image_size, image_size):
+                return entry, True
+        except Exception as error:      # a cache written by another version, or a damaged file: decode again
+            warnings.warn(f"Ignoring unreadable cache file {path} ({error}).", stacklevel=2)
+    started = time.perf_counter()
+    entry = _decode_split(split, name, plan, labels, num_channels, image_size, args.strict_images)
+    entry["key"] = key
+    print(f"Decoded {len(entry['kept']):,} {name} images to {num_channels}x{image_size}x{image_size} uint8 "
+          f"in {time.perf_counter() - started:.1f}s; caching them in {path}")
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(entry, tmp)
+    except OSError as error:            # a read-only or full cache folder costs time, not the run
+        warnings.warn(f"Could not write the decoded-image cache {path} ({error}); the next run decodes again. "
+                      f"Set --cache_dir to a writable folder.", stacklevel=2)
+    return entry, False
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images in [0, 1] units, exact, from 256-bin histograms."""
+    mean, std = [], []
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    for c in range(images.shape[1]):
+        counts = np.zeros(256, dtype=np.float64)
+        for start in range(0, images.shape[0], 8192):        # chunks keep the temporary copy small
+            counts += np.bincount(images[start:start + 8192, c].numpy().ravel(), minlength=256)
+        total = counts.sum()
+        if total == 0:
+            mean.append(0.5), std.append(0.25)
+            continue
+        m = float((counts * levels).sum() / total)
+        v = float((counts * (levels - m) ** 2).sum() / total)
+        mean.append(m), std.append(max(v ** 0.5, 1e-3))      # a constant channel must not divide by 0
+    if len(mean) == 1:
+        mean, std = mean * 3, std * 3
+    return [round(m, 6) for m in mean], [round(s, 6) for s in std]
+
+
+# --------------------------------------------------------------------------------------------
+# load_data
+# --------------------------------------------------------------------------------------------
+
+
+def load_data(args: DataArguments, seed: int) -> ImageData:
+    """Load, find columns, split, decode (cached) and summarize the dataset that --dataset names."""
+    raw, kind, resolved = _load_source(args)
+    return build_image_data(raw, args, seed, source=kind, resolved=resolved)
+
+
+def build_image_data(raw, args: DataArguments, seed: int, *, source: str = "in memory",
+                     resolved: Optional[str] = None) -> ImageData:
+    """Everything of `load_data` after loading, for a `DatasetDict` (or `Dataset`) already in hand."""
+    import datasets
+
+    started = time.perf_counter()
+    if isinstance(raw, datasets.Dataset):
+        raw = datasets.DatasetDict({"train": raw})
+    first = next(iter(raw.values()))
+    image_column, label_column = _find_columns(first.features, args.image_column, args.label_column)
+    normalized, class_names, labels = _normalize_source(raw, image_column, label_column)
+    if len(class_names) < 2:
+        raise DataError(f"The label column {label_column!r} has {len(class_names)} class(es) "
+                        f"({', '.join(class_names) or 'none'}); classification needs at least 2. "
+                        f"Pass another --label_column or a dataset with more classes.")
+    notes: list[str] = []
+    plans = _plan_splits(list(normalized.keys()), labels, args, seed, class_names, notes)
+    splits = datasets.DatasetDict({
+        s: normalized[p.source].select(p.rows, keep_in_memory=True) for s, p in plans.items()})
+    image_size, num_channels, size_from, channels_from = _choose_defaults(
+        splits["train"].cast_column("image", datasets.Image(decode=False)), args)
+    estimate = sum(len(s) for s in splits.values()) * num_channels * image_size ** 2
+    if estimate > 8 * 2 ** 30:
+        warnings.warn(f"The decoded images take about {estimate / 2 ** 30:.1f} GiB in memory "
+                      f"({image_size}x{image_size}x{num_channels}); pass a smaller --image_size or "
+                      f"--max_train_samples if that is too much.", stacklevel=2)
+
+    root = _cache_root(args)
+    tensors: dict[str, ImageTensors] = {}
+    entries: dict[str, dict] = {}
+    cache = {"dir": str(root), "files": {}, "hits": {}}
+    for s, plan in plans.items():
+        key = {"version": DECODE_VERSION, "fingerprint": normalized[plan.source]._fingerprint,
+               "source_split": plan.source, "rows": hashlib.sha256(plan.rows.tobytes()).hexdigest(),
+               "label_column": label_column, "image_column": image_column, "classes": class_names,
+               "image_size": image_size, "num_channels": num_channels}
+        path = _cache_file(root, resolved or args.dataset, s, key)
+        entry, hit = _load_or_decode(splits[s], s, plan, labels[plan.source][plan.rows], key, path, args,
+                                     image_size, num_channels)
+        if args.strict_images and entry["skipped"]:
+            raise DataError(f"{len(entry['skipped'])} image(s) of the {s} split cannot be decoded, first: "
+                            f"{entry['skipped'][0]}. Remove or replace them, or drop --strict_images to skip "
+                            f"undecodable images with a warning.")
+        if len(entry["kept"]) < len(splits[s]):             # keep row i of the split = row i of the tensor
+            splits[s] = splits[s].select(entry["kept"].tolist(), keep_in_memory=True)
+        if len(entry["kept"]) == 0:
+            raise DataError(f"No image of the {s} split could be decoded ({len(entry['skipped'])} failed, first: "
+                            f"{entry['skipped'][0] if entry['skipped'] else 'none'}). Check the image files.")
+        tensors[s] = ImageTensors(entry["images"], entry["labels"])
+        entries[s] = entry
+        cache["files"][s], cache["hits"][s] = str(path), hit
+    skipped = [row for s in plans for row in entries[s]["skipped"]]
+    if skipped:
+        warnings.warn(f"Skipped {len(skipped)} image(s) that could not be decoded; first: "
+                      f"{'; '.join(skipped[:SKIPPED_SHOWN])}. Pass --strict_images to stop on them instead.",
+                      CorruptImageWarning, stacklevel=2)
+    mean, std = list(entries["train"]["mean"]), list(entries["train"]["std"])     # stored with the decoded train split
+    cache["seconds"] = round(time.perf_counter() - started, 3)
+
+    summary = _summarize(args, source, resolved, image_column, label_column, class_names, normalized, labels,
+                         plans, tensors, entries, skipped, image_size, num_channels, size_from, channels_from,
+                         mean, std, seed, notes)
+    return ImageData(splits=splits, tensors=tensors, class_names=class_names, image_size=image_size,
+                     num_channels=num_channels, mean=mean, std=std, summary=summary, cache=cache)
+
+
+def _class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
+    counts = np.bincount(labels[labels >= 0], minlength=len(class_names))
+    return {name: int(c) for name, c in zip(class_names, counts)}
+
+
+def _summarize(args, source, resolved, image_column, label_column, class_names, normalized, labels, plans,
+               tensors, entries, skipped, image_size, num_channels, size_from, channels_from, mean, std,
+               seed, notes) -> dict:
+    sizes: Counter = Counter()
+    modes: Counter = Counter()
+    for entry in entries.values():
+        sizes.update(entry["sizes"])
+        modes.update(entry["modes"])
+    train_counts = _class_counts(tensors["train"].labels.numpy(), class_names)
+    smallest = min(train_counts.values())
+    total = sum(len(t) for t in tensors.values())
+    return {
+        "dataset": args.dataset,
+        "dataset_resolved": resolved or args.dataset,
+        "dataset_config_name": args.dataset_config_name,
+        "source": source,
+        "image_column": image_column,
+        "label_column": label_column,
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "source_splits": {name: {"rows": int(len(labels[name])),
+                                 "class_counts": _class_counts(labels[name], class_names)} for name in normalized},
+        "splits": {s: {"rows": len(tensors[s]), "from": plans[s].origin,
+                       "rows_before_limit": plans[s].rows_before_limit,
+                       "class_counts": _class_counts(tensors[s].labels.numpy(), class_names)} for s in tensors},
+        "imbalance_ratio": round(max(train_counts.values()) / smallest, 4) if smallest > 0 else None,
+        "images_counted": f"all {total} decoded images of train, validation and test",
+        "image_sizes": dict(sizes.most_common(20)),
+        "image_modes": dict(modes.most_common()),
+        "skipped_images": {"count": len(skipped), "first": skipped[:SKIPPED_SHOWN]},
+        "image_size": image_size,
+        "image_size_from": size_from,
+        "num_channels": num_channels,
+        "num_channels_from": channels_from,
+        "mean": mean,
+        "std": std,
+        "seed": seed,
+        "max_train_samples": args.max_train_samples,
+        "max_eval_samples": args.max_eval_samples,
+        "notes": notes,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Exploration: data_summary.json and three figures
+# --------------------------------------------------------------------------------------------
+
+
+def _sample_positions(labels: torch.Tensor, num_classes: int, seed: int = 0) -> list[int]:
+    """A few train images per class (up to 8 each, about 64 in all); 64 at random for many classes."""
+    rng = np.random.default_rng(seed)
+    labels = labels.numpy()
+    if num_classes > 64:
+        return sorted(rng.choice(len(labels), size=min(64, len(labels)), replace=False).tolist())
+    per_class = max(1, min(8, 64 // num_classes))
+    positions: list[int] = []
+    for c in range(num_classes):
+        rows = np.flatnonzero(labels == c)
+        positions.extend(rng.permutation(rows)[:per_class].tolist())
+    return positions
+
+
+def explore(data: ImageData, args: DataArguments, output_dir) -> dict:
+    """Write OUT/data_summary.json and OUT/plots/{samples,class_distribution,augmentation}.png; print a summary."""
+    from . import plots
+    from .augment import BatchAugment, describe_augmentation
+
+    out = Path(output_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    summary = dict(data.summary)
+    summary["augmentation"] = describe_augmentation(args, data.class_names)
+    write_json(out / "data_summary.json", summary)
+
+    train = data.tensors["train"]
+    positions = _sample_positions(train.labels, len(data.class_names))
+    plots.plot_samples(train.images[positions], train.labels[positions].tolist(), data.class_names,
+                       out / "plots" / "samples.png")
+    counts = {s: info["class_counts"] for s, info in summary["splits"].items()}
+    plots.plot_class_distribution(counts, out / "plots" / "class_distribution.png")
+    original = train.images[0]
+    augment = BatchAugment(args, data.class_names, data.mean, data.std)
+    with torch.random.fork_rng(devices=[]):          # the preview must not shift the training randomness
+        torch.manual_seed(0)
+        augmented = augment.augment(original.unsqueeze(0).repeat(11, 1, 1, 1))
+    plots.plot_augmentation(original, augmented.clamp(0, 1), out / "plots" / "augmentation.png")
+
+    print(_format_summary(summary))
+    return summary
+
+
+def _format_summary(summary: dict) -> str:
+    splits = " / ".join(f"{s} {info['rows']:,}" for s, info in summary["splits"].items())
+    names = ", ".join(summary["class_names"][:10]) + (", ..." if summary["num_classes"] > 10 else "")
+    modes = ", ".join(f"{m} {n:,}" for m, n in summary["image_modes"].items())
+    sizes = ", ".join(f"{s} {n:,}" for s, n in list(summary["image_sizes"].items())[:3])
+    lines = [
+        f"Dataset {summary['dataset']} ({summary['dataset_resolved']}; {summary['source']}): "
+        f"columns {summary['image_column']!r} / {summary['label_column']!r}",
+        f"  {summary['num_classes']} classes: {names}",
+        f"  splits: {splits}; train imbalance max/min {summary['imbalance_ratio']}",
+        f"  images: {sizes}; modes: {modes}; skipped {summary['skipped_images']['count']}",
+        f"  model input: {summary['num_channels']}x{summary['image_size']}x{summary['image_size']}; "
+        f"mean {summary['mean']}, std {summary['std']}",
+        f"  augmentation: {'; '.join(summary.get('augmentation', [])) or 'none'}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Every matplotlib figure of the project, written atomically as PNG.
+
+Images come in as uint8 (N, C, H, W) with C 1 or 3 (or float in [0, 1]); grayscale is drawn gray.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")    # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
+
+__all__ = ["plot_samples", "plot_class_distribution", "plot_augmentation", "plot_learning_curves",
+           "plot_confusion_matrix", "plot_misclassified"]
+
+DPI = 120
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    plt.close(fig)
+
+
+def _hwc(image: Any) -> np.ndarray:
+    """(C, H, W) uint8 or float [0, 1] → (H, W, 3) or (H, W) float in [0, 1] for imshow."""
+    array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+    array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    array = np.clip(array, 0.0, 1.0)
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+
+
+def _show(ax, image: Any, title: str = "", fontsize: int = 8) -> None:
+    array = _hwc(image)
+    ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=fontsize)
+    ax.axis("off")
+
+
+def _grid(n: int, max_cols: int = 8) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return max(1, math.ceil(n / max(cols, 1))), max(cols, 1)
+
+
+def plot_samples(images: Any, labels: Sequence[int], class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """A grid of images, each titled with its class name."""
+    n = len(labels)
+    per_class = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)[1]
+    # One row per class when the sample is balanced and small enough; otherwise 8 per row.
+    cols = int(per_class[0]) if len(set(per_class)) == 1 and 2 <= per_class[0] <= 12 else 8
+    rows, cols = _grid(n, max_cols=cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.55 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, labels):
+        _show(ax, image, class_names[int(label)])
+    fig.suptitle(f"{n} sample images", fontsize=10)
+    _save(fig, path)
+
+
+def plot_class_distribution(counts: Mapping[str, Mapping[str, int]], path: str | os.PathLike) -> None:
+    """Images per class, one group of bars per class and one colour per split."""
+    splits = list(counts)
+    classes = list(next(iter(counts.values()), {}))
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.45 * k * max(1, len(splits)) / 1.5), 24.0), 4.2))
+    width = 0.8 / max(1, len(splits))
+    x = np.arange(k)
+    for i, split in enumerate(splits):
+        values = [counts[split].get(c, 0) for c in classes]
+        ax.bar(x + (i - (len(splits) - 1) / 2) * width, values, width, label=f"{split} ({sum(values):,})")
+    step = max(1, math.ceil(k / 50))           # thin the labels beyond ~50 classes
+    ax.set_xticks(x[::step])
+    ax.set_xticklabels(classes[::step], rotation=45 if k > 10 or max(map(len, classes), default=0) > 8 else 0,
+                       ha="right" if k > 10 else "center", fontsize=8 if k <= 30 else 6)
+    ax.set_ylabel("images")
+    ax.set_title("Images per class")
+    top = max((v for c in counts.values() for v in c.values()), default=1)
+    ax.set_ylim(0, top * 1.2)          # headroom so the legend never covers a bar
+    ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(splits)), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_augmentation(original: Any, augmented: Any, path: str | os.PathLike) -> None:
+    """The original image first, then K augmented versions of it."""
+    images = [original, *list(augmented)]
+    rows, cols = _grid(len(images), max_cols=6)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.95 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+        _show(ax, image, "original" if i == 0 else f"augmented {i}", fontsize=9)
+    fig.suptitle("Training augmentation", fontsize=10)
+    _save(fig, path)
+
+
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Loss and accuracy (train vs validation) per epoch, and the learning rate (per step when recorded)."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "accuracy", "Accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"eval_{key}"] for h in history], "s-", label="validation")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    per_step = [lr for h in history for lr in h.get("learning_rates", [])]
+    if per_step:   # fractional epochs: epoch e's steps spread over (e-1, e]
+        xs = [h["epoch"] - 1 + (i + 1) / len(h["learning_rates"]) for h in history
+              for i in range(len(h.get("learning_rates", [])))]
+        axes[2].plot(xs, per_step, "-")
+    else:
+        axes[2].plot(epochs, [h["learning_rate"] for h in history], "o-")
+    axes[2].set_title("Learning rate")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    for ax in axes:
+        ax.set_xlim(0 if per_step else min(epochs, default=1) - 0.5, max(epochs, default=1) + 0.5)
+    _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: Any, class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """Counts and row-normalised rates side by side (rows: true class, columns: predicted)."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    k = len(class_names)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(5.0, 0.55 * k), 22.0)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side))
+    for ax, values, title, fmt in ((axes[0], counts, "Counts", "d"), (axes[1], rates, "Row-normalised", ".2f")):
+        image = ax.imshow(values, cmap="Blues", vmin=0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(title)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        step = max(1, math.ceil(k / 40))
+        ticks = np.arange(k)[::step]
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        ax.set_xticklabels([class_names[i] for i in ticks], rotation=45, ha="right", fontsize=8)
+        ax.set_yticklabels([class_names[i] for i in ticks], fontsize=8)
+        if k <= 20:
+            threshold = values.max() / 2 if values.max() else 1
+            for (i, j), v in np.ndenumerate(values):
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7 if k > 10 else 9,
+                        color="white" if v > threshold else "black")
+    _save(fig, path)
+
+
+def plot_misclassified(images: Any, labels: Sequence[int], probs: np.ndarray, class_names: Sequence[str],
+                       path: str | os.PathLike, max_images: int = 16) -> None:
+    """The most confident mistakes: each titled with the true and predicted class and the probability."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    preds = probs.argmax(axis=1)
+    wrong = np.flatnonzero(preds != labels)
+    wrong = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:max_images]
+    if len(wrong) == 0:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, f"No misclassified images among {len(labels):,}", ha="center", va="center", fontsize=12)
+        ax.axis("off")
+        _save(fig, path)
+        return
+    rows, cols = _grid(len(wrong), max_cols=4)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        title = f"true: {class_names[labels[i]]}\npred: {class_names[preds[i]]} (p={probs[i, preds[i]]:.2f})"
+        _show(ax, images[i], title, fontsize=9)
+    fig.suptitle(f"Most confident mistakes ({(preds != labels).sum():,} of {len(labels):,} misclassified)", fontsize=11)
+    _save(fig, path)

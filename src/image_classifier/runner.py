@@ -1,0 +1,161 @@
+"""One run, top to bottom: data → model → fit → evaluate → model folder (→ Hub).
+
+Each stage is a call into its module; values pass between them, nothing global. Every process
+runs this; only the main process writes files or pushes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from . import data as data_stage
+from . import engine, metrics, models, plots
+from .augment import BatchAugment, Normalize, build_batch_mix
+from .config import Config, ConfigError, save_config
+from .files import atomic_path, replace_dir, write_json, write_text
+
+__all__ = ["run", "check_output_dir", "describe_hardware"]
+
+# Files that mark a folder as holding a finished model (written last by `save_model_folder`).
+FINISHED_MARKER = "metrics.json"
+
+
+def check_output_dir(config: Config) -> None:
+    """Refuse to train into a folder that already holds a finished model, unless told to."""
+    out = Path(config.train.output_dir)
+    if (out / FINISHED_MARKER).is_file() and not (config.train.overwrite_output_dir or config.train.resume_from_checkpoint):
+        raise ConfigError("output_dir", f"{out} already holds a finished model ({FINISHED_MARKER} exists). "
+                                        "Pass --overwrite_output_dir to replace it, or choose another --output_dir.")
+
+
+def describe_hardware(accelerator: Accelerator) -> str:
+    """'1x NVIDIA H100 80GB HBM3' or '1x CPU (2 threads, x86_64)', per process count."""
+    n = accelerator.num_processes
+    if accelerator.device.type == "cuda":
+        return f"{n}x {torch.cuda.get_device_name(accelerator.device)}"
+    return f"{n}x CPU ({torch.get_num_threads()} threads, {platform.machine()})"
+
+
+def run(config: Config) -> Optional[dict[str, Any]]:
+    """Explore the data, train, evaluate and save the model folder; return the metrics (None for --explore_only)."""
+    check_output_dir(config)
+    accelerator = engine.build_accelerator(config)
+    out = Path(config.train.output_dir)
+    set_seed(config.train.seed)    # splits and model initialisation: identical on every process
+
+    # Data: the main process decodes first and fills the cache that the others then read.
+    with accelerator.main_process_first():
+        data = data_stage.load_data(config.data, seed=config.train.seed)
+    if accelerator.is_main_process:
+        data_stage.explore(data, config.data, out)
+        save_config(config, out / "training_config.json")
+    if config.data.explore_only:
+        return None
+
+    try:
+        model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
+                                    image_size=data.image_size, overrides=config.model.overrides())
+    except ValueError as error:
+        raise ConfigError("model", str(error)) from error
+    summary = models.summarize_model(model, (data.num_channels, data.image_size, data.image_size))
+    if accelerator.is_main_process:
+        accelerator.print(summary)
+        write_text(out / "model_summary.txt", summary + "\n")
+    if config.train.report_to != "none":
+        accelerator.init_trackers("image_classifier", config=_scalars(config.to_dict()))
+
+    def evaluate_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        return metrics.compute_metrics(logits, labels, data.class_names)
+
+    normalize = Normalize(data.mean, data.std)
+    result = engine.fit(
+        model, data.tensors["train"], data.tensors["validation"],
+        augment=BatchAugment(config.data, data.class_names, data.mean, data.std), normalize=normalize,
+        mix=build_batch_mix(config.data, len(data.class_names)), config=config, accelerator=accelerator,
+        evaluate_fn=evaluate_fn)
+
+    # Evaluate the best weights on validation and test, every sample exactly once.
+    results: dict[str, Any] = {}
+    predictions = {}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        loader = accelerator.prepare(DataLoader(data.tensors[split], batch_size=config.train.per_device_eval_batch_size))
+        logits, labels = engine.predict(result.model, loader, normalize, accelerator)
+        results.update(metrics.compute_metrics(logits, labels, data.class_names, prefix=prefix))
+        predictions[split] = (logits, labels)
+    state = result.state
+    results.update(train_seconds=round(state.train_seconds, 2), num_parameters=models.count_parameters(model),
+                   epochs_trained=state.epoch, best_epoch=state.best_epoch, global_steps=state.global_step,
+                   hardware=describe_hardware(accelerator), num_processes=accelerator.num_processes,
+                   mixed_precision=accelerator.mixed_precision)
+    accelerator.print(
+        f"test accuracy {results['test_accuracy']:.4f}  f1 {results['test_f1']:.4f}  loss {results['test_loss']:.4f}  "
+        f"({results['test_num_samples']} images; best epoch {state.best_epoch}; {state.train_seconds:.1f}s training)")
+
+    if accelerator.is_main_process:
+        save_model_folder(accelerator.unwrap_model(result.model), data, state, results, predictions["test"], out)
+    accelerator.wait_for_everyone()
+    if config.train.report_to != "none":
+        accelerator.end_training()
+    if config.hub.push_to_hub and accelerator.is_main_process:
+        from . import hub
+
+        hub.push_to_hub(out, config.hub.hub_model_id, private=config.hub.hub_private_repo, token=config.hub.hub_token)
+    return results
+
+
+def save_model_folder(model, data: "data_stage.ImageData", state: "engine.TrainerState", results: dict[str, Any],
+                      test_predictions: tuple[np.ndarray, np.ndarray], out: Path) -> None:
+    """Write the Hub-format model folder: weights, configs, code, evidence, plots, card.
+
+    The weights and processor are saved into a temporary folder and renamed into place file by
+    file; metrics.json, which marks a finished model, is written last.
+    """
+    with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
+        model.save_pretrained(tmp)
+        data_stage.build_image_processor(data.image_size, data.mean, data.std).save_pretrained(tmp)
+        replace_dir(tmp, out)
+    write_json(out / "history.json", state.history)
+    plots.plot_learning_curves(state.history, out / "plots" / "learning_curves.png")
+    plots.plot_confusion_matrix(np.asarray(results["test_confusion_matrix"]), data.class_names,
+                                out / "plots" / "confusion_matrix.png")
+    logits, labels = test_predictions
+    plots.plot_misclassified(data.tensors["test"].images.numpy(), labels, metrics.softmax(logits), data.class_names,
+                             out / "plots" / "misclassified.png")
+    save_examples(data, out / "examples")
+    write_json(out / FINISHED_MARKER, results)
+    try:
+        from . import hub
+    except ImportError:   # the Hub stage is optional for a local run
+        return
+    hub.write_model_card(out)
+
+
+def save_examples(data: "data_stage.ImageData", folder: Path, per_class: int = 2) -> None:
+    """A few test images per class as PNG (`<class>_<i>.png`), so the app and a Space have examples."""
+    counts: dict[int, int] = {}
+    split = data.splits["test"]
+    for row in split.select(range(min(len(split), 50 * len(data.class_names)))):
+        label = row["label"]
+        if counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in data.class_names[label])
+        with atomic_path(folder / f"{name}_{counts[label]}.png") as tmp:
+            row["image"].save(tmp, format="PNG")
+        if len(counts) == len(data.class_names) and min(counts.values()) >= per_class:
+            break
+
+
+def _scalars(flat: dict[str, Any]) -> dict[str, Any]:
+    """Tracker hyperparameters must be scalars: lists become strings, None is dropped."""
+    return {k: (str(v) if isinstance(v, (list, tuple)) else v) for k, v in flat.items() if v is not None}

@@ -1,0 +1,71 @@
+"""The typed config: parsing from flags and files, validation naming the flag, round trip."""
+
+import json
+import sys
+
+import pytest
+
+from image_classifier.config import Config, ConfigError, parse_config, save_config
+
+
+def test_defaults_and_output_dir():
+    config = parse_config([])
+    assert config.data.dataset == "uoft-cs/cifar10"
+    assert config.train.output_dir == "outputs/cifar10-cnn-fast"
+    assert config.train.learning_rate == 0.2          # resolved per optimizer
+    assert parse_config(["--optimizer", "adamw"]).train.learning_rate == 1e-3
+
+
+def test_flags_reach_their_fields():
+    config = parse_config(["--dataset", "mnist", "--widths", "16", "32", "--horizontal_flip", "false",
+                           "--explore_only", "--num_train_epochs", "3", "--hub_model_id", "me/model"])
+    assert config.data.dataset == "mnist" and config.data.explore_only
+    assert config.data.horizontal_flip is False
+    assert config.model.overrides() == {"widths": [16, 32]}
+    assert config.train.num_train_epochs == 3
+    assert config.hub.hub_model_id == "me/model"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--learning_rate", "-1"], "learning_rate"),
+    (["--validation_split_fraction", "1.5"], "validation_split_fraction"),
+    (["--num_channels", "2"], "num_channels"),
+    (["--kernel_size", "4"], "kernel_size"),
+    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size"),
+    (["--push_to_hub"], "hub_model_id"),
+    (["--learing_rate", "0.1"], "learing_rate"),
+])
+def test_invalid_values_name_the_flag(argv, flag):
+    with pytest.raises(ConfigError) as info:
+        parse_config(argv)
+    assert info.value.flag == flag
+    assert f"--{flag}" in str(info.value)
+
+
+def test_invalid_choice_is_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--optimizer", "lbfgs"])
+    assert "--optimizer" in capsys.readouterr().err
+
+
+def test_saved_config_reloads_and_hides_the_token(tmp_path):
+    config = parse_config(["--dataset", "mnist", "--seed", "7", "--hub_token", "hf_secret_marker",
+                           "--output_dir", str(tmp_path / "run")])
+    path = tmp_path / "training_config.json"
+    save_config(config, path)
+    text = path.read_text()
+    assert "hf_secret_marker" not in text and "hub_token" not in text
+    again = parse_config([str(path), "--seed", "8"])      # a file, then overrides
+    assert again.data.dataset == "mnist" and again.train.seed == 8
+    assert again.train.output_dir == str(tmp_path / "run")
+
+
+def test_yaml_file_and_unknown_key(tmp_path):
+    good = tmp_path / "run.yaml"
+    good.write_text("dataset: mnist\nlearning_rate: 0.05\nwidths: [8, 16]\n")
+    config = parse_config([str(good)])
+    assert config.train.learning_rate == 0.05 and config.model.widths == [8, 16]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learnin_rate: 0.05\n")
+    with pytest.raises(ConfigError, match="learnin_rate"):
+        parse_config([str(bad)])

@@ -1,0 +1,151 @@
+"""The training loop end to end on a tiny generated dataset: files, resume, early stopping, plateau,
+and the `pipeline()` round trip in a process that never imports this project."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from image_classifier.config import ConfigError, parse_config
+from image_classifier.engine import TrainerState, find_checkpoint
+from image_classifier.runner import run
+
+MODEL_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "configuration_small_cnn.py",
+               "modeling_small_cnn.py", "training_config.json", "metrics.json", "history.json",
+               "data_summary.json", "model_summary.txt", "README.md"]
+PLOTS = ["samples.png", "class_distribution.png", "augmentation.png", "learning_curves.png",
+         "confusion_matrix.png", "misclassified.png"]
+
+
+def tiny_args(dataset, output_dir, *extra):
+    """A small, quick recipe: a narrow cnn-fast on 16x16 images, a couple of epochs."""
+    return ["--dataset", str(dataset), "--output_dir", str(output_dir), "--widths", "8", "16",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
+            "--num_train_epochs", "2", "--learning_rate", "0.05", "--cache_dir", str(Path(output_dir).parent / "cache"),
+            "--validation_split_fraction", "0.2", "--test_split_fraction", "0.2", *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_image_folder):
+    """One finished two-epoch run, shared by the tests that only read its files."""
+    out = tmp_path_factory.mktemp("run") / "model"
+    results = run(parse_config(tiny_args(tiny_image_folder, out)))
+    return out, results
+
+
+def test_every_output_file_exists_and_parses(trained):
+    out, results = trained
+    for name in MODEL_FILES:
+        assert (out / name).is_file(), name
+    for name in PLOTS:
+        assert (out / "plots" / name).stat().st_size > 1000, name
+    for name in ("config.json", "preprocessor_config.json", "training_config.json", "metrics.json",
+                 "history.json", "data_summary.json"):
+        json.loads((out / name).read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(results))
+    for prefix in ("test", "eval"):
+        for key in ("accuracy", "precision", "recall", "f1", "loss", "precision_weighted", "recall_weighted",
+                    "f1_weighted", "per_class"):
+            assert f"{prefix}_{key}" in metrics, f"{prefix}_{key}"
+    assert metrics["num_parameters"] > 0 and metrics["train_seconds"] > 0
+    assert metrics["test_accuracy"] > 0.6        # colours separate the three classes easily
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "learning_rate", "seconds"} <= set(history[0])
+    config = json.loads((out / "config.json").read_text())
+    assert "AutoModelForImageClassification" in config["auto_map"]
+    assert sorted(config["id2label"].values()) == ["blue", "green", "red"]
+    assert len(list((out / "checkpoints").glob("step_*"))) == 2
+    assert "Total" in (out / "model_summary.txt").read_text()
+
+
+def test_refuses_to_overwrite_a_finished_model(trained, tiny_image_folder):
+    out, _ = trained
+    with pytest.raises(ConfigError, match="overwrite_output_dir"):
+        run(parse_config(tiny_args(tiny_image_folder, out)))
+
+
+def test_resume_after_epoch_one_reaches_the_same_weights(trained, tiny_image_folder, tmp_path):
+    out, _ = trained
+    first = sorted((out / "checkpoints").glob("step_*"))[0]          # the state after epoch 1
+    resumed = tmp_path / "resumed"
+    shutil.copytree(first, resumed / "checkpoints" / first.name)
+    run(parse_config(tiny_args(tiny_image_folder, resumed, "--resume_from_checkpoint", "latest")))
+    expected, got = load_file(out / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert json.loads((resumed / "history.json").read_text())[-1]["epoch"] == 2
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        find_checkpoint(tmp_path, "latest")
+
+
+def test_early_stopping_stops_when_the_metric_stalls(tiny_image_folder, tmp_path):
+    # A learning rate this small cannot move the predictions (and without BatchNorm no running
+    # statistics change either): validation accuracy stalls at once.
+    results = run(parse_config(tiny_args(tiny_image_folder, tmp_path / "m", "--num_train_epochs", "6",
+                                         "--learning_rate", "1e-12", "--early_stopping_patience", "2",
+                                         "--batch_norm", "false")))
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert len(history) == 3 and results["best_epoch"] == 1 and results["epochs_trained"] == 3
+
+
+def test_plateau_lowers_the_learning_rate(tiny_image_folder, tmp_path):
+    run(parse_config(tiny_args(tiny_image_folder, tmp_path / "m", "--num_train_epochs", "3",
+                               "--learning_rate", "1e-6", "--lr_scheduler_type", "plateau",
+                               "--plateau_patience", "0", "--plateau_factor", "0.5", "--batch_norm", "false")))
+    lrs = [h["learning_rate"] for h in json.loads((tmp_path / "m" / "history.json").read_text())]
+    # (ReduceLROnPlateau ignores cuts smaller than 1e-8, hence 1e-6 rather than 1e-12 here.)
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(5e-7)
+
+
+def test_trainer_state_improvement_rule():
+    args = parse_config(["--early_stopping_threshold", "0.01"]).train
+    state = TrainerState(best_metric=0.5)
+    assert not state.improved(0.505, args) and state.improved(0.52, args)
+    loss_args = parse_config(["--metric_for_best_model", "loss"]).train
+    assert TrainerState(best_metric=1.0).improved(0.5, loss_args)
+
+
+PIPELINE_SCRIPT = """
+import json, sys
+from transformers import pipeline
+model_dir, images = sys.argv[1], json.loads(sys.argv[2])
+classify = pipeline("image-classification", model=model_dir, trust_remote_code=True)
+labels = [classify(path, top_k=1)[0]["label"] for path in images]
+assert "image_classifier" not in sys.modules, "the project was imported"
+print(json.dumps(labels))
+"""
+
+
+def test_pipeline_in_a_fresh_process_matches_our_evaluation(trained, tmp_path):
+    from image_classifier.data import load_data
+    from image_classifier.augment import Normalize
+    from transformers import AutoModelForImageClassification
+
+    out, _ = trained
+    config = parse_config([str(out / "training_config.json")])
+    data = load_data(config.data, seed=config.train.seed)
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
+    with torch.no_grad():
+        ours = model(pixel_values=Normalize(data.mean, data.std)(data.tensors["test"].images)).logits.argmax(-1)
+    paths = []
+    for i, row in enumerate(data.splits["test"]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        row["image"].save(paths[-1])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(out), json.dumps(paths)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert theirs == [model.config.id2label[int(i)] for i in ours]
