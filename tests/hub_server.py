@@ -70,6 +70,13 @@ class Repo:
     commits: list[Commit] = field(default_factory=list)  # oldest first
     secrets: dict[str, str] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
+    variable_descriptions: dict[str, str] = field(default_factory=dict)
+
+    def variables_reply(self) -> dict[str, dict]:
+        """The Space's variables as the Hub lists them: {key: {value, description?, updatedAt}}."""
+        return {k: {"value": v, **({"description": self.variable_descriptions[k]}
+                                   if k in self.variable_descriptions else {}), "updatedAt": _now()}
+                for k, v in self.variables.items()}
 
     @property
     def head(self) -> Commit:
@@ -330,14 +337,21 @@ class HubStandIn:
             repo = self._writable(headers, repo_type, repo_id)
             store = repo.secrets if rest == ["secrets"] else repo.variables
             payload = json.loads(body or b"{}")
+            if not payload.get("key"):
+                raise HubError(400, "key is required")
             if method == "POST":
                 store[payload["key"]] = payload.get("value", "")
+                if rest == ["variables"] and payload.get("description") is not None:
+                    repo.variable_descriptions[payload["key"]] = payload["description"]
             else:
                 store.pop(payload["key"], None)
-            return _json({})
+                if rest == ["variables"]:
+                    repo.variable_descriptions.pop(payload["key"], None)
+            # The Hub answers a variable change with every variable (huggingface_hub parses it); secrets: {}.
+            return _json(repo.variables_reply() if rest == ["variables"] else {})
         if repo_type == "space" and rest == ["variables"] and method == "GET":
             repo = self._readable(headers, repo_type, repo_id)
-            return _json({k: {"value": v, "updatedAt": _now()} for k, v in repo.variables.items()})
+            return _json(repo.variables_reply())
         raise _unhandled()
 
     def _writable(self, headers, repo_type: str, repo_id: str) -> Repo:

@@ -149,3 +149,61 @@ def test_pipeline_in_a_fresh_process_matches_our_evaluation(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = json.loads(done.stdout.strip().splitlines()[-1])
     assert theirs == [model.config.id2label[int(i)] for i in ours]
+
+
+def test_resident_batches_shard_disjointly_reshuffle_per_epoch_and_skip(tmp_path):
+    from image_classifier.data import ImageTensors
+    from image_classifier.engine import ResidentBatches
+
+    n = 50                                          # not a multiple of batch 4 x 2 processes
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    data = ImageTensors(images, torch.arange(n))
+    ranks = [ResidentBatches(data, 4, torch.device("cpu"), seed=3, rank=r, world_size=2) for r in range(2)]
+    seen = [torch.cat([labels for _, labels in rank]) for rank in ranks]
+    assert len(ranks[0]) == len(ranks[1]) == 6 and all(len(s) == 24 for s in seen)
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())          # disjoint shards
+    for batch_images, batch_labels in ranks[0]:
+        assert torch.equal(batch_images[:, 0, 0, 0].long(), batch_labels)   # images stay with their labels
+    assert torch.equal(torch.cat([l for _, l in ranks[0]]), seen[0])      # same epoch, same order
+    ranks[0].set_epoch(1)
+    assert not torch.equal(torch.cat([l for _, l in ranks[0]]), seen[0])  # a new epoch reshuffles
+    ranks[0].set_epoch(0)
+    tail = ranks[0].skip_first_batches(2)
+    assert len(tail) == 4 and torch.equal(torch.cat([l for _, l in tail]), seen[0][8:])
+    tiny = ResidentBatches(ImageTensors(images[:3], torch.arange(3)), 16, torch.device("cpu"), 0, 1, 2)
+    assert [len(l) for _, l in tiny] == [1]          # a split smaller than a global batch still yields
+
+
+def test_tta_views_average_mirror_and_shifted_copies():
+    from image_classifier.engine import _tta_views
+
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    assert [w for _, w in _tta_views(x, "none")] == [1.0]
+    flip = _tta_views(x, "flip")
+    assert sum(w for _, w in flip) == 1.0 and torch.equal(flip[1][0], x.flip(-1))
+    views = _tta_views(x, "flip_translate")
+    assert len(views) == 6 and sum(w for _, w in views) == 1.0
+    assert all(v.shape == x.shape for v, _ in views)
+    assert torch.equal(views[2][0][..., 1:, 1:], x[..., :-1, :-1])     # shifted one pixel down-right
+
+
+def test_ema_and_tta_run_records_them_and_resumes_to_the_same_weights(tiny_image_folder, tmp_path):
+    extra = ["--ema_decay", "0.9", "--tta", "flip_translate"]
+    results = run(parse_config(tiny_args(tiny_image_folder, tmp_path / "full", *extra)))
+    assert results["tta"] == "flip_translate" and 0 <= results["test_accuracy_without_tta"] <= 1
+    first = sorted((tmp_path / "full" / "checkpoints").glob("step_*"))[0]
+    shutil.copytree(first, tmp_path / "resumed" / "checkpoints" / first.name)
+    run(parse_config(tiny_args(tiny_image_folder, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")))
+    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_real_mnist_one_epoch_on_a_few_thousand_images_reaches_95_percent(shared_datasets, tmp_path):
+    results = run(parse_config([
+        "--dataset", str(shared_datasets / "mnist"), "--output_dir", str(tmp_path / "mnist"),
+        "--cache_dir", str(tmp_path / "cache"), "--max_train_samples", "5000", "--max_eval_samples", "2000",
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--learning_rate", "0.05"]))
+    assert results["test_num_samples"] == 2000
+    assert results["test_accuracy"] >= 0.95, results["test_accuracy"]

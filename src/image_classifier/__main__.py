@@ -1,6 +1,8 @@
 """Command line: `python -m image_classifier COMMAND ...` (also installed as `image-classifier`).
 
     python -m image_classifier push OUTPUT_DIR --hub_model_id USER/NAME [--hub_private_repo] [--hub_token T]
+    python -m image_classifier deploy-space --space_id USER/NAME --hub_model_id USER/MODEL [--private] [--hub_token T]
+    python -m image_classifier predict IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--top_k K] [--json]
 
 Adding a command: write `_add_NAME(subparsers)` that adds a sub-parser with `set_defaults(run=fn)`,
 where `fn(args) -> int` is the exit status, and append it to `COMMANDS`. Errors a user can fix
@@ -45,13 +47,26 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-# Each adds one sub-command; `predict` and `deploy-space` are added here by their modules' owners.
-COMMANDS: list[Callable] = [_add_push]
+def _add_predict(subparsers) -> None:
+    from .inference import add_predict_command
+
+    add_predict_command(subparsers)
+
+
+def _add_deploy_space(subparsers) -> None:
+    from .space import add_deploy_space_command
+
+    add_deploy_space_command(subparsers)
+
+
+# Each adds one sub-command.
+COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict]
 
 
 def build_parser() -> argparse.ArgumentParser:
     prog = "python -m image_classifier" if os.path.basename(sys.argv[0]) == "__main__.py" else "image-classifier"
-    parser = argparse.ArgumentParser(prog=prog, description="Image classifier tools: push a trained model to the Hub.")
+    parser = argparse.ArgumentParser(prog=prog, description="Image classifier tools: push a trained model to the "
+                                                            "Hub, deploy the app as a Space, classify image files.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)

@@ -25,9 +25,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Print a fixable error as one paragraph (one line, so commands in it copy whole) on stderr; exit 1."""
+    """Print a fixable error as one paragraph (one line, so commands in it copy whole) on stderr; exit 1.
+
+    Training stopped by SIGINT/SIGTERM (after saving a checkpoint) prints the command that resumes
+    it and exits 128 + the signal number (130 after Ctrl-C, 143 after SIGTERM), as a killed process would.
+    """
+    from .interrupt import TrainingInterrupted, resume_command
+
     try:
         yield
+    except TrainingInterrupted as stopped:
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.is_main_process:      # every process stops; one says so
+            print(f"{stopped}. Resume with:\n  {resume_command()}", file=sys.stderr, flush=True)
+        # Leave together: a launcher that sees one process end first terminates the rest, maybe mid-print.
+        state.wait_for_everyone()
+        sys.exit(stopped.exit_code)
     except _user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

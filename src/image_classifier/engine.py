@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import Config, TrainingArguments
+from .config import Config, ConfigError, TrainingArguments
+from .interrupt import StopOnSignal, TrainingInterrupted
+from .models import freeze_backbone, parameter_groups
 
 __all__ = [
     "TrainerState",
@@ -42,7 +46,8 @@ def build_accelerator(config: Config) -> Accelerator:
     """An Accelerator for this run: precision, accumulation, trackers, seedable data order."""
     train = config.train
     return Accelerator(
-        mixed_precision=train.mixed_precision,
+        mixed_precision=default_precision(train.mixed_precision),
+        dynamo_backend="inductor" if train.torch_compile else None,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         log_with=None if train.report_to == "none" else train.report_to,
         project_config=ProjectConfiguration(project_dir=train.output_dir,
@@ -52,18 +57,35 @@ def build_accelerator(config: Config) -> Accelerator:
     )
 
 
-def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam or AdamW; no weight decay on biases and norm weights."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def default_precision(requested: Optional[str]) -> Optional[str]:
+    """--mixed_precision, else `accelerate launch`/config's choice, else bf16 on a GPU that has it, else none."""
+    if requested is not None or "ACCELERATE_MIXED_PRECISION" in os.environ:
+        return requested
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+
+
+def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: Optional[float] = None,
+                    backbone_lr: Optional[float] = None) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), Adam or AdamW; no weight decay on biases and norm weights.
+
+    `lr` overrides --learning_rate (the --scale_lr value, see `effective_learning_rate`); `backbone_lr` is
+    the learning rate of a timm model's layers but the classifier (default `lr`; see `models.parameter_groups`).
+    """
+    lr = args.learning_rate if lr is None else lr
+    groups = parameter_groups(model, lr, backbone_lr, args.weight_decay)
     if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum,
+        return torch.optim.SGD(groups, lr=lr, momentum=args.momentum,
                                nesterov=args.nesterov and args.momentum > 0)
     betas = (args.adam_beta1, args.adam_beta2)
     if args.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=args.learning_rate, betas=betas)
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas)
+        return torch.optim.Adam(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def effective_learning_rate(args: TrainingArguments, num_processes: int) -> float:
+    """--learning_rate, times processes x accumulation steps with --scale_lr (the linear scaling rule:
+    --learning_rate is then the rate for one process's batch)."""
+    return args.learning_rate * (num_processes * args.gradient_accumulation_steps if args.scale_lr else 1)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int):
@@ -106,6 +128,7 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)   # one per optimizer step
     best_weights: Optional[dict[str, torch.Tensor]] = None      # CPU copy of the best model's state
+    epoch_sums: dict[str, float] = field(default_factory=dict)  # training loss/accuracy sums of an interrupted epoch
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -151,32 +174,101 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainerSta
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in sorted(root.glob("step_*"))[:-keep]:
+        # Older checkpoints beyond the limit, and what a killed save left half-written.
+        for old in sorted(root.glob("step_*"))[:-keep] + list(root.glob(".tmp_step_*")):
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
+# Test-time augmentation: (views, weights) of a normalized batch (B, C, H, W); the logits are the
+# weighted mean over views. flip_translate follows airbench: half on the image and its mirror, a
+# quarter each on the pair shifted one pixel up-left and the pair shifted down-right.
+def _tta_views(x: torch.Tensor, tta: str) -> list[tuple[torch.Tensor, float]]:
+    if tta == "none":
+        return [(x, 1.0)]
+    if tta == "flip":
+        return [(x, 0.5), (x.flip(-1), 0.5)]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")          # (B, C, H + 2, W + 2)
+    h, w = x.shape[-2:]
+    views = [(x, 0.25), (x.flip(-1), 0.25)]
+    for shifted in (padded[..., :h, :w], padded[..., 2:, 2:]):
+        views += [(shifted, 0.125), (shifted.flip(-1), 0.125)]
+    return views
+
+
 @torch.no_grad()
-def predict(model, loader: DataLoader, normalize: Callable, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, loader, normalize: Callable, accelerator: Accelerator,
+            tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, K) float32 and labels (N,) over a prepared loader, gathered from every process.
 
     `gather_for_metrics` drops the samples Accelerate repeats to even out the last batch, so each
-    image counts once whatever the number of processes.
+    image counts once whatever the number of processes. `tta` averages logits over views
+    (see `_tta_views`); "none" is exactly what `pipeline()` computes.
     """
     model.eval()
     all_logits, all_labels = [], []
     for images, labels in loader:
-        logits = model(pixel_values=normalize(images)).logits.float()
+        x = normalize(images)
+        with accelerator.autocast():
+            logits = sum(w * model(pixel_values=v).logits.float() for v, w in _tta_views(x, tta))
         logits, labels = accelerator.gather_for_metrics((logits, labels))
         all_logits.append(logits.cpu().numpy())
         all_labels.append(labels.cpu().numpy())
     return np.concatenate(all_logits), np.concatenate(all_labels)
 
 
+class ResidentBatches:
+    """Training batches drawn by indexing a uint8 tensor kept on the training device (no DataLoader).
+
+    Each epoch shuffles with a generator seeded by (seed, epoch), the same on every process; process
+    r of n takes every n-th batch-sized slice of that order, so shards are disjoint and a resumed run
+    sees the same batches. The last partial batch is dropped (it would be smaller on some ranks).
+    Yields (uint8 (B, C, H, W), int64 (B,)) on `device`.
+    """
+
+    def __init__(self, data: Dataset, batch_size: int, device: torch.device, seed: int,
+                 rank: int = 0, world_size: int = 1, accumulation: int = 1):
+        self.images = data.images.to(device)     # the whole split, once: CIFAR-10 train is 138 MiB
+        self.labels = data.labels.to(device)
+        # A split smaller than one global batch still gives every process a non-empty batch.
+        self.batch_size = max(1, min(batch_size, len(self.labels) // (world_size * accumulation)))
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        # Whole accumulation windows only: a window cut by the end of the epoch would carry its gradients
+        # into the next epoch (and past the epoch's checkpoint). So k batches of b are one batch of k x b.
+        self.accumulation = accumulation
+        self.epoch, self.skip = 0, 0
+
+    def __len__(self) -> int:
+        windows = max(len(self.labels) // (self.batch_size * self.world_size * self.accumulation), 1)
+        return windows * self.accumulation - self.skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_first_batches(self, n: int) -> "ResidentBatches":
+        """A view of this epoch without its first n batches (for a run resumed mid-epoch)."""
+        view = ResidentBatches.__new__(ResidentBatches)
+        view.__dict__.update(self.__dict__, skip=n)
+        return view
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = torch.randperm(len(self.labels), generator=generator).to(self.labels.device)
+        total = len(self) + self.skip
+        for i in range(self.skip, total):
+            start = (i * self.world_size + self.rank) * self.batch_size
+            index = order[start:start + self.batch_size]
+            yield self.images[index], self.labels[index]
+
+
 def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator, args: TrainingArguments,
-                 state: TrainerState, max_steps: int) -> dict[str, float]:
-    """One pass over the training loader; returns mean loss and accuracy over all processes."""
+                 state: TrainerState, max_steps: int, ema: Optional[AveragedModel] = None,
+                 stop: Optional[StopOnSignal] = None) -> dict[str, float]:
+    """One pass over the training loader (or until a stop signal at an optimizer step).
+
+    Returns the sums of loss, correct predictions and samples (`loss_sum`, `correct`, `seen`) over all processes.
+    """
     model.train()
     per_step_schedule = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -201,6 +293,8 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
         if accelerator.sync_gradients:
             state.global_step += 1
             state.learning_rates.append(optimizer.param_groups[0]["lr"])
+            if ema is not None:
+                ema.update_parameters(accelerator.unwrap_model(model, keep_torch_compile=False))
             if per_step_schedule and not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
         loss_sum += loss.detach() * labels.shape[0]
@@ -209,36 +303,62 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
         if state.step_in_epoch % 10 == 0:
             bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}", acc=f"{(correct / seen).item():.4f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-        if state.global_step >= max_steps:
+        # Stop only where gradients were just applied: a checkpoint cannot hold half-accumulated ones.
+        if state.global_step >= max_steps or (accelerator.sync_gradients and stop and stop.requested(accelerator)):
             break
-    loss_sum, correct, seen = (accelerator.reduce(t, reduction="sum") for t in (loss_sum, correct, seen))
-    return {"train_loss": (loss_sum / seen).item(), "train_accuracy": (correct / seen).item()}
+    totals = (accelerator.reduce(t, reduction="sum").item() for t in (loss_sum, correct, seen))
+    return dict(zip(("loss_sum", "correct", "seen"), totals))
 
 
 def _loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    # A generator of its own: each new iterator draws its worker seed from it instead of the global
+    # RNG, so the iterator a mid-epoch resume creates leaves the augmentation draws where they were.
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      drop_last=False, persistent_workers=num_workers > 0)
+                      drop_last=False, persistent_workers=num_workers > 0, generator=torch.Generator())
 
 
 @dataclass
 class FitResult:
     state: TrainerState
     model: torch.nn.Module          # as prepared by Accelerate, holding the best weights
+    tta: str = "none"               # the test-time augmentation used in evaluation (see resolve_tta)
 
 
 def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix, config: Config,
-        accelerator: Accelerator, evaluate_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]]) -> FitResult:
+        accelerator: Accelerator, evaluate_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+        stop: Optional[StopOnSignal] = None) -> FitResult:
     """Train with early stopping and per-epoch checkpoints; return the state and the best model.
 
     `evaluate_fn(logits, labels)` turns validation predictions into metrics with `accuracy`, `f1`, `loss`.
+    With `stop` entered (see `StopOnSignal`), SIGINT/SIGTERM save a checkpoint at the next optimizer
+    step and raise `TrainingInterrupted`.
     """
     args = config.train
-    train_loader = _loader(train_set, args.per_device_train_batch_size, True, config.data.dataloader_num_workers)
-    eval_loader = _loader(eval_set, args.per_device_eval_batch_size, False, config.data.dataloader_num_workers)
-    optimizer = build_optimizer(model, args)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    workers = config.data.dataloader_num_workers
+    eval_loader = _loader(eval_set, args.per_device_eval_batch_size, False, workers)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.sync_batchnorm and accelerator.num_processes > 1:
+        model = _sync_batchnorm(model, accelerator)
+    lr = effective_learning_rate(args, accelerator.num_processes)
+    backbone_lr = config.model.backbone_learning_rate and config.model.backbone_learning_rate * lr / args.learning_rate
+    optimizer = build_optimizer(model, args, lr, backbone_lr)      # (--scale_lr scales the backbone's lr too)
+    if args.resident_data and workers == 0:
+        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+        train_loader = ResidentBatches(train_set, args.per_device_train_batch_size, accelerator.device, args.seed,
+                                       accelerator.process_index, accelerator.num_processes,
+                                       args.gradient_accumulation_steps)
+    else:
+        train_loader = _loader(train_set, args.per_device_train_batch_size, True, workers)
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     augment.to(accelerator.device)      # parameter-free modules: mean/std buffers follow the batches
     normalize.to(accelerator.device)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    # The weight average is what gets evaluated and saved; its BatchNorm statistics are averaged too.
+    ema = AveragedModel(unwrapped, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True) \
+        if args.ema_decay > 0 else None
+    evaluated = ema.module if ema is not None else model
+    tta = resolve_tta(args, augment)
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     if args.max_train_steps:
@@ -249,31 +369,42 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer.optimizer, args, max_steps)
     state = TrainerState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema is not None else []))
 
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"Resumed from {checkpoint}: epoch {state.epoch}, step {state.global_step}")
-    if accelerator.is_main_process:
-        global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-        accelerator.print(f"Training {num_epochs} epochs ({max_steps} optimizer steps) on {accelerator.num_processes} "
-                          f"process(es), {accelerator.device}; global batch {global_batch}, lr {args.learning_rate}")
+    n, per_device, accumulation = accelerator.num_processes, args.per_device_train_batch_size, args.gradient_accumulation_steps
+    accelerator.print(f"Training {num_epochs} epochs ({max_steps} optimizer steps) on {n} process(es), {accelerator.device}; "
+                      f"global batch {per_device * n * accumulation} ({per_device} per process x {n} process(es) x "
+                      f"{accumulation} accumulation step(s)); learning rate {lr:g}"
+                      + (f" (--scale_lr: {args.learning_rate:g} x {n * accumulation})" if args.scale_lr else ""))
 
-    unwrapped = accelerator.unwrap_model(model)
     while state.epoch < num_epochs and state.global_step < max_steps and not _should_stop(state, args):
         if state.step_in_epoch == 0:
             # Same augmentation/dropout draws for an epoch whether or not the run was resumed.
             set_seed(args.seed * 1000 + state.epoch, device_specific=True)
             epoch_loader = train_loader
         else:  # resumed mid-epoch: the RNG states came back with the checkpoint
-            epoch_loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
+            epoch_loader = (train_loader.skip_first_batches(state.step_in_epoch) if isinstance(train_loader, ResidentBatches)
+                            else accelerator.skip_first_batches(train_loader, state.step_in_epoch))
         epoch_loader.set_epoch(state.epoch)    # the shuffle order of this epoch: seed + epoch
+        if freeze_backbone(optimizer, state.epoch < config.model.freeze_backbone_epochs):
+            accelerator.print(f"epoch {state.epoch + 1}: backbone "
+                              + ("frozen (only the classifier trains)" if state.epoch < config.model.freeze_backbone_epochs
+                                 else "released (every layer trains)"))
         started = time.perf_counter()
-        record = _train_epoch(model, epoch_loader, optimizer, scheduler, augment, mix, accelerator, args,
-                              state, max_steps)
+        sums = _train_epoch(model, epoch_loader, optimizer, scheduler, augment, mix, accelerator, args,
+                            state, max_steps, ema, stop)
         state.train_seconds += time.perf_counter() - started
-        logits, labels = predict(model, eval_loader, normalize, accelerator)
+        sums = {k: v + state.epoch_sums.get(k, 0.0) for k, v in sums.items()}   # + the part before a resume
+        if stop and stop.agreed:   # stopped mid-epoch: the resumed run finishes this epoch and its sums
+            state.epoch_sums = sums
+            raise _save_and_stop(accelerator, args, state, stop.agreed)
+        state.epoch_sums = {}
+        record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"]}
+        logits, labels = predict(evaluated, eval_loader, normalize, accelerator, tta)
         metrics = evaluate_fn(logits, labels)
         state.epoch += 1
         state.step_in_epoch = 0
@@ -287,17 +418,40 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
             scheduler.step(value)
         if state.improved(value, args):
             state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
-            state.best_weights = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
+            best = ema.module if ema is not None else unwrapped
+            state.best_weights = {k: v.detach().cpu().clone() for k, v in best.state_dict().items()}
         else:
             state.bad_epochs += 1
         accelerator.log({k: v for k, v in record.items() if k != "learning_rates"}, step=state.epoch)
         accelerator.print(_format_record(record, best=state.best_epoch == state.epoch))
-        save_checkpoint(accelerator, args.output_dir, state, args.save_total_limit)
+        checkpoint = save_checkpoint(accelerator, args.output_dir, state, args.save_total_limit)
+        if stop and stop.requested(accelerator):   # signalled during evaluation or the save: resume from this one
+            raise TrainingInterrupted(stop.agreed, checkpoint)
 
     if state.best_weights is not None:
         unwrapped.load_state_dict(state.best_weights)
     accelerator.wait_for_everyone()
-    return FitResult(state=state, model=model)
+    return FitResult(state=state, model=model, tta=tta)
+
+
+def resolve_tta(args: TrainingArguments, augment) -> str:
+    """--tta where the training flips images (mirrored views are in-distribution); "none" otherwise (digits)."""
+    return args.tta if getattr(augment, "flip", False) else "none"
+
+
+def _sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
+    """BatchNorm statistics over the global batch (Accelerate leaves them per process); before DDP wraps the model."""
+    if accelerator.device.type == "cpu":
+        raise ConfigError("sync_batchnorm", "torch's SyncBatchNorm runs on GPUs only; drop the flag for CPU processes")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def _save_and_stop(accelerator: Accelerator, args: TrainingArguments, state: TrainerState,
+                   signum: int) -> TrainingInterrupted:
+    """Checkpoint at this optimizer step (every process), for the caller to raise."""
+    accelerator.print(f"\n{signal.Signals(signum).name}: saving a checkpoint at step {state.global_step} "
+                      f"(epoch {state.epoch + 1}, batch {state.step_in_epoch}), then stopping")
+    return TrainingInterrupted(signum, save_checkpoint(accelerator, args.output_dir, state, args.save_total_limit))
 
 
 def _should_stop(state: TrainerState, args: TrainingArguments) -> bool:

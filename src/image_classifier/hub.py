@@ -128,8 +128,23 @@ def _describe_architecture(config: dict) -> str:
                 f"{', '.join(map(str, widths))} channels (each: {', '.join(parts)}), then {pool} features, "
                 f"{head}a linear classifier{dropout}.")
     if config.get("architecture"):  # timm through TimmWrapper
-        return f"The timm architecture `{config['architecture']}` with a {config.get('num_labels', '')}-class head."
+        classes = config.get("num_labels") or config.get("num_classes") or len(config.get("label_names") or [])
+        return (f"The [timm](https://github.com/huggingface/pytorch-image-models) architecture "
+                f"`{config['architecture']}` with a {classes}-class classifier, loaded through 🤗 Transformers' "
+                f"`TimmWrapperForImageClassification` (no custom code).")
     return f"`{(config.get('architectures') or ['?'])[0]}` ({config.get('model_type', 'unknown type')})."
+
+
+def _timm_base_model(training: dict) -> Optional[str]:
+    """Where a --pretrained timm run's starting weights came from ('timm/resnet10t.c3_in1k'); None from scratch."""
+    if not training.get("pretrained") or not training.get("model"):
+        return None
+    try:
+        from .models import timm_pretrained_source
+
+        return timm_pretrained_source(str(training["model"]))
+    except Exception:  # noqa: BLE001 - timm missing or changed: the card names the model as given
+        return str(training["model"])
 
 
 def _summary_totals(summary: str) -> list[str]:
@@ -148,10 +163,15 @@ _HYPERPARAMETERS = [
     ("lr_scheduler_type", "Learning-rate schedule"), ("warmup_ratio", "Warm-up ratio"),
     ("plateau_patience", "Plateau patience"), ("plateau_factor", "Plateau factor"),
     ("label_smoothing", "Label smoothing"), ("max_grad_norm", "Gradient clipping (L2 norm)"),
-    ("mixup_alpha", "MixUp α"), ("cutmix_alpha", "CutMix α"),
+    ("mixup_alpha", "MixUp α"), ("cutmix_alpha", "CutMix α"), ("ema_decay", "Weight EMA decay (per step)"),
     ("metric_for_best_model", "Best-epoch metric (validation)"),
     ("early_stopping_patience", "Early-stopping patience"), ("mixed_precision", "Mixed precision (requested)"),
 ]
+
+
+# metrics.json "tta" -> how the card names it (None: single view, nothing to say).
+TTA_NAMES = {"none": None, "flip": "the image and its mirror",
+             "flip_translate": "the image, its mirror and both shifted by one pixel"}
 
 
 def _hyperparameters(training: dict, metrics: dict) -> list[tuple[str, str]]:
@@ -168,7 +188,7 @@ def _hyperparameters(training: dict, metrics: dict) -> list[tuple[str, str]]:
     rows = []
     for key, label in _HYPERPARAMETERS:
         value = training.get(key)
-        if key in skip or value is None or (key in ("mixup_alpha", "cutmix_alpha", "max_grad_norm") and not value):
+        if key in skip or value is None or (key in ("mixup_alpha", "cutmix_alpha", "max_grad_norm", "ema_decay") and not value):
             continue
         rows.append((label, f"`{value}`"))
     batch = training.get("per_device_train_batch_size")
@@ -202,7 +222,10 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
     summary = summary_path.read_text(encoding="utf-8").rstrip() if summary_path.is_file() else ""
 
     id2label = config.get("id2label") or {}
-    class_names = data.get("class_names") or [id2label[k] for k in sorted(id2label, key=int)]
+    class_names = (data.get("class_names") or [id2label[k] for k in sorted(id2label, key=int)]
+                   or [str(name) for name in config.get("label_names") or []])     # timm configs: label_names
+    timm_arch = config.get("architecture") if config.get("model_type") == "timm_wrapper" else None
+    base_model = _timm_base_model(training) if timm_arch else None
     dataset_given = data.get("dataset") or training.get("dataset")
     # data.py writes dataset_resolved (the Hub id an alias stands for, or the absolute local path) and source.
     dataset_id = data.get("dataset_id") or data.get("dataset_resolved") or dataset_given or ""
@@ -229,6 +252,11 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
             overall.append({"label": label, "eval": _num(metrics.get(f"eval_{key}")),
                             "test": _num(metrics.get(f"test_{key}"))})
 
+    timm_data = config.get("pretrained_cfg") if timm_arch else None
+    if isinstance(timm_data, dict) and timm_data.get("input_size"):
+        # TimmWrapperImageProcessor: timm's eval transform from the data config (squash resize, /255, normalize)
+        processor = {**processor, "size": {"height": timm_data["input_size"][1], "width": timm_data["input_size"][2]},
+                     "image_mean": timm_data.get("mean"), "image_std": timm_data.get("std"), "rescale_factor": 1 / 255}
     size = processor.get("size") or {}
     fallback = config.get("image_size") or data.get("image_size")
     side = (f"{size['height']}×{size['width']}" if "height" in size else
@@ -242,7 +270,8 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
     if processor.get("do_rescale", True) and processor.get("rescale_factor"):
         steps.append(f"scaled to [0, 1] (× {processor['rescale_factor']:.6g})")
     if processor.get("do_normalize", True) and mean:
-        steps.append(f"normalised with mean {mean} and standard deviation {std} (computed on the training split)")
+        steps.append(f"normalised with mean {mean} and standard deviation {std} "
+                     + ("(the timm model's data config)" if timm_arch else "(computed on the training split)"))
     repo_name = (hub_model_id or out.resolve().name).split("/")[-1]
     model_ref = hub_model_id or str(out)
     year = datetime.fromtimestamp((out / "metrics.json").stat().st_mtime if (out / "metrics.json").exists()
@@ -259,6 +288,11 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
         "model_type": config.get("model_type") or "?",
         "preset": training.get("model"),
         "architecture_description": _describe_architecture(config),
+        "timm_architecture": timm_arch,
+        "base_model": base_model,
+        "base_model_on_hub": bool(base_model) and _is_hub_id(base_model),
+        "base_model_url": f"{endpoint}/{base_model}" if base_model and _is_hub_id(base_model) else None,
+        "timm_ref": (f"hf-hub:{hub_model_id}" if hub_model_id else f"local-dir:{out}") if timm_arch else None,
         "summary_totals": _summary_totals(summary),
         "model_summary": summary,
         "num_parameters": _num(metrics.get("num_parameters")) if metrics.get("num_parameters") else None,
@@ -294,6 +328,9 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
         "confusions": _confusions(metrics.get("test_confusion_matrix"), class_names),
         "test_accuracy": _num(metrics.get("test_accuracy")) if "test_accuracy" in metrics else None,
         "test_f1": _num(metrics.get("test_f1")) if "test_f1" in metrics else None,
+        "tta": TTA_NAMES.get(metrics.get("tta") or "none"),
+        "test_accuracy_without_tta": _num(metrics["test_accuracy_without_tta"])
+        if "test_accuracy_without_tta" in metrics else None,
         "test_samples": _num(metrics.get("test_num_samples")) if metrics.get("test_num_samples") else None,
         "history": [{"epoch": h.get("epoch"), **{k: _num(h.get(k)) for k in
                      ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy")},
@@ -328,6 +365,8 @@ def _card_data(ctx: dict[str, Any], metrics: dict, training: dict):
         if metrics.get(f"test_{metric}") is not None
     ]
     tags = ["image-classification", "pytorch", ctx["model_type"].replace("_", "-")]
+    if ctx["timm_architecture"]:
+        tags += ["timm", "transformers"]
     if ctx["preset"] and ctx["preset"] != ctx["model_type"]:
         tags.append(str(ctx["preset"]).replace("/", "-"))
     if ctx["custom_code"]:
@@ -335,7 +374,8 @@ def _card_data(ctx: dict[str, Any], metrics: dict, training: dict):
     if ctx["dataset_known"]:
         tags.append(re.sub(r"[^\w.-]+", "-", ctx["dataset_name"].split("/")[-1].lower()))
     return ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", license="apache-2.0",
+        library_name="timm" if ctx["timm_architecture"] else "transformers", pipeline_tag="image-classification",
+        license="apache-2.0", base_model=ctx["base_model"] if ctx["base_model_on_hub"] else None,
         tags=tags, datasets=[ctx["dataset_id"]] if ctx["dataset_on_hub"] else None,
         metrics=["accuracy", "precision", "recall", "f1"],
         model_name=ctx["model_name"] if eval_results else None, eval_results=eval_results or None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -23,19 +24,33 @@ from . import engine, metrics, models, plots
 from .augment import BatchAugment, Normalize, build_batch_mix
 from .config import Config, ConfigError, save_config
 from .files import atomic_path, replace_dir, write_json, write_text
+from .interrupt import StopOnSignal
 
-__all__ = ["run", "check_output_dir", "describe_hardware"]
+__all__ = ["run", "check_output_dir", "clear_output_dir", "describe_hardware"]
 
 # Files that mark a folder as holding a finished model (written last by `save_model_folder`).
 FINISHED_MARKER = "metrics.json"
 
 
 def check_output_dir(config: Config) -> None:
-    """Refuse to train into a folder that already holds a finished model, unless told to."""
+    """Refuse to train into a folder that already holds a finished model or another run's checkpoints, unless told to."""
     out = Path(config.train.output_dir)
-    if (out / FINISHED_MARKER).is_file() and not (config.train.overwrite_output_dir or config.train.resume_from_checkpoint):
+    fresh = not (config.train.overwrite_output_dir or config.train.resume_from_checkpoint)
+    if (out / FINISHED_MARKER).is_file() and fresh:
         raise ConfigError("output_dir", f"{out} already holds a finished model ({FINISHED_MARKER} exists). "
                                         "Pass --overwrite_output_dir to replace it, or choose another --output_dir.")
+    # A fresh run's checkpoints would mix with these, and 'latest' could then pick the old run's.
+    checkpoints = sorted((out / engine.CHECKPOINT_DIR).glob("step_*"))
+    if checkpoints and fresh:
+        raise ConfigError("output_dir", f"{out} holds checkpoints of an unfinished run (newest: {checkpoints[-1].name}). "
+                                        "Pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to "
+                                        "start over, or choose another --output_dir.")
+
+
+def clear_output_dir(out: Path) -> None:
+    """For --overwrite_output_dir: drop the old run's checkpoints and its finished marker (main process only)."""
+    shutil.rmtree(out / engine.CHECKPOINT_DIR, ignore_errors=True)
+    (out / FINISHED_MARKER).unlink(missing_ok=True)
 
 
 def describe_hardware(accelerator: Accelerator) -> str:
@@ -51,7 +66,11 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     check_output_dir(config)
     accelerator = engine.build_accelerator(config)
     out = Path(config.train.output_dir)
+    if accelerator.is_main_process and config.train.overwrite_output_dir and not config.train.resume_from_checkpoint:
+        clear_output_dir(out)
     set_seed(config.train.seed)    # splits and model initialisation: identical on every process
+    for note in models.prepare_model_config(config):   # timm: RGB input, --pretrained checked now, not after the data
+        accelerator.print(note)
 
     # Data: the main process decodes first and fills the cache that the others then read.
     with accelerator.main_process_first():
@@ -64,9 +83,11 @@ def run(config: Config) -> Optional[dict[str, Any]]:
 
     try:
         model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
-                                    image_size=data.image_size, overrides=config.model.overrides())
+                                    image_size=data.image_size, overrides=config.model.overrides(),
+                                    pretrained=config.model.pretrained)
     except ValueError as error:
         raise ConfigError("model", str(error)) from error
+    data.mean, data.std = models.input_normalization(model, data.mean, data.std)   # timm: the model's own
     summary = models.summarize_model(model, (data.num_channels, data.image_size, data.image_size))
     if accelerator.is_main_process:
         accelerator.print(summary)
@@ -78,20 +99,26 @@ def run(config: Config) -> Optional[dict[str, Any]]:
         return metrics.compute_metrics(logits, labels, data.class_names)
 
     normalize = Normalize(data.mean, data.std)
-    result = engine.fit(
-        model, data.tensors["train"], data.tensors["validation"],
-        augment=BatchAugment(config.data, data.class_names, data.mean, data.std), normalize=normalize,
-        mix=build_batch_mix(config.data, len(data.class_names)), config=config, accelerator=accelerator,
-        evaluate_fn=evaluate_fn)
+    # SIGINT/SIGTERM during training: checkpoint at the next step, then `TrainingInterrupted` (see interrupt.py).
+    with StopOnSignal() as stop:
+        result = engine.fit(
+            model, data.tensors["train"], data.tensors["validation"],
+            augment=BatchAugment(config.data, data.class_names, data.mean, data.std), normalize=normalize,
+            mix=build_batch_mix(config.data, len(data.class_names)), config=config, accelerator=accelerator,
+            evaluate_fn=evaluate_fn, stop=stop)
 
     # Evaluate the best weights on validation and test, every sample exactly once.
     results: dict[str, Any] = {}
     predictions = {}
     for split, prefix in (("validation", "eval"), ("test", "test")):
         loader = accelerator.prepare(DataLoader(data.tensors[split], batch_size=config.train.per_device_eval_batch_size))
-        logits, labels = engine.predict(result.model, loader, normalize, accelerator)
+        logits, labels = engine.predict(result.model, loader, normalize, accelerator, result.tta)
         results.update(metrics.compute_metrics(logits, labels, data.class_names, prefix=prefix))
         predictions[split] = (logits, labels)
+    results["tta"] = result.tta
+    if result.tta != "none":    # what pipeline() and the app see: one view per image
+        logits, labels = engine.predict(result.model, loader, normalize, accelerator)
+        results["test_accuracy_without_tta"] = metrics.compute_metrics(logits, labels, data.class_names)["accuracy"]
     state = result.state
     results.update(train_seconds=round(state.train_seconds, 2), num_parameters=models.count_parameters(model),
                    epochs_trained=state.epoch, best_epoch=state.best_epoch, global_steps=state.global_step,
@@ -102,7 +129,7 @@ def run(config: Config) -> Optional[dict[str, Any]]:
         f"({results['test_num_samples']} images; best epoch {state.best_epoch}; {state.train_seconds:.1f}s training)")
 
     if accelerator.is_main_process:
-        save_model_folder(accelerator.unwrap_model(result.model), data, state, results, predictions["test"], out)
+        save_model_folder(accelerator.unwrap_model(result.model, keep_torch_compile=False), data, state, results, predictions["test"], out)
     accelerator.wait_for_everyone()
     if config.train.report_to != "none":
         accelerator.end_training()
@@ -121,8 +148,9 @@ def save_model_folder(model, data: "data_stage.ImageData", state: "engine.Traine
     file; metrics.json, which marks a finished model, is written last.
     """
     with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
-        model.save_pretrained(tmp)
-        data_stage.build_image_processor(data.image_size, data.mean, data.std).save_pretrained(tmp)
+        models.save_pretrained(model, tmp)     # timm models: a folder stock timm loads too, with its processor
+        if not models.is_timm_model(model):
+            data_stage.build_image_processor(data.image_size, data.mean, data.std).save_pretrained(tmp)
         replace_dir(tmp, out)
     write_json(out / "history.json", state.history)
     plots.plot_learning_curves(state.history, out / "plots" / "learning_curves.png")

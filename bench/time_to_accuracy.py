@@ -1,0 +1,147 @@
+"""Time to accuracy of the default training recipe on CIFAR-10. Prints figures; never asserts.
+
+    python bench/time_to_accuracy.py                                   # ../shared/datasets/cifar10, 1 seed
+    python bench/time_to_accuracy.py --seeds 2                         # repeat with seeds 0, 1; print the mean
+    python bench/time_to_accuracy.py --seeds 2 -- --num_train_epochs 20 --model cnn-wide   # any train.py flag
+
+It runs the project's own stages (load_data, create_model, BatchAugment, engine.fit) exactly as
+`train.py` does, except that the held-out split scored after every epoch is the TEST split, so the
+per-epoch figure is test accuracy (with test-time augmentation when the recipe enables it). Seconds
+are training seconds as `fit` counts them: wall time inside training epochs, evaluation excluded.
+
+Printed per seed: each epoch's cumulative training seconds and test accuracy, then the seconds at
+which 85%, 90% and 93% were first reached, the final accuracy, the training loop's images/s, and the
+pipeline efficiency = loop images/s / bare images/s, where "bare" is the same model (same memory
+format, precision and compile setting) doing forward + backward + optimizer step on random tensors
+of the same batch size, measured in the same process. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from image_classifier import engine, metrics, models  # noqa: E402
+from image_classifier.augment import BatchAugment, Normalize, build_batch_mix  # noqa: E402
+from image_classifier.config import parse_config  # noqa: E402
+from image_classifier.data import load_data  # noqa: E402
+from image_classifier.runner import describe_hardware  # noqa: E402
+
+THRESHOLDS = (0.85, 0.90, 0.93)
+DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=str(DEFAULT_DATASET), help="dataset (default: the local CIFAR-10 copy)")
+    p.add_argument("--seeds", type=int, default=1, help="runs with seeds 0..N-1; the summary is their mean")
+    p.add_argument("--bare_steps", type=int, default=20, help="timed steps of the bare model (after 3 warm-up)")
+    p.add_argument("train_flags", nargs="*", help="train.py flags after `--`, e.g. -- --num_train_epochs 12")
+    return p.parse_args()
+
+
+def seconds_to(history: list[dict], threshold: float) -> float | None:
+    """Training seconds at the end of the first epoch whose test accuracy reaches `threshold`."""
+    return next((h["seconds"] for h in history if h["eval_accuracy"] >= threshold), None)
+
+
+def bare_images_per_second(model, accelerator, batch_size: int, image_shape: tuple[int, ...], config,
+                           steps: int) -> float:
+    """Forward + backward + optimizer step of the prepared model on random tensors (no data, no augmentation)."""
+    optimizer = accelerator.prepare(engine.build_optimizer(model, config.train))
+    x = torch.randn(batch_size, *image_shape, device=accelerator.device)
+    y = torch.randint(0, model.config.num_labels, (batch_size,), device=accelerator.device)
+    model.train()
+    for i in range(3 + steps):
+        if i == 3:
+            _synchronize(accelerator)
+            started = time.perf_counter()
+        with accelerator.autocast():
+            loss = F.cross_entropy(model(pixel_values=x).logits.float(), y)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _synchronize(accelerator)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def _synchronize(accelerator) -> None:
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize(accelerator.device)
+
+
+def run_seed(seed: int, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="tta-") as out:
+        config = parse_config(["--dataset", args.dataset, "--seed", str(seed), "--output_dir", out,
+                               "--overwrite_output_dir", *args.train_flags])
+        accelerator = engine.build_accelerator(config)
+        data = load_data(config.data, seed=seed)
+        torch.manual_seed(seed)
+        model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
+                                    image_size=data.image_size, overrides=config.model.overrides())
+        result = engine.fit(
+            model, data.tensors["train"], data.tensors["test"],
+            augment=BatchAugment(config.data, data.class_names, data.mean, data.std),
+            normalize=Normalize(data.mean, data.std), mix=build_batch_mix(config.data, len(data.class_names)),
+            config=config, accelerator=accelerator,
+            evaluate_fn=lambda logits, labels: metrics.compute_metrics(logits, labels, data.class_names))
+        history = result.state.history
+        seen = len(data.tensors["train"]) * len(history)
+        loop = seen / result.state.train_seconds
+        bare = bare_images_per_second(result.model, accelerator, config.train.per_device_train_batch_size,
+                                      tuple(data.tensors["train"].images.shape[1:]), config, args.bare_steps)
+        return {"seed": seed, "history": history, "device": describe_hardware(accelerator),
+                "final_accuracy": history[-1]["eval_accuracy"], "images_per_second": loop,
+                "bare_images_per_second": bare, "efficiency": loop / bare,
+                **{f"seconds_to_{round(t * 100)}": seconds_to(history, t) for t in THRESHOLDS}}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _fmt(seconds) -> str:
+    return "not reached" if seconds is None else f"{seconds:.1f} s"
+
+
+def main() -> None:
+    args = parse_args()
+    runs = []
+    for seed in range(args.seeds):
+        r = run_seed(seed, args)
+        runs.append(r)
+        print(f"\nseed {seed} on {r['device']}:")
+        print("  epoch  train_seconds  test_accuracy")
+        for h in r["history"]:
+            print(f"  {h['epoch']:>5}  {h['seconds']:>13.1f}  {h['eval_accuracy']:>13.4f}")
+        print("  " + "  ".join(f"to {round(t * 100)}%: {_fmt(r[f'seconds_to_{round(t * 100)}'])}" for t in THRESHOLDS))
+        print(f"  final accuracy {r['final_accuracy']:.4f}; loop {r['images_per_second']:.0f} images/s; bare model "
+              f"{r['bare_images_per_second']:.0f} images/s; efficiency {r['efficiency']:.3f}")
+
+    keys = [f"seconds_to_{round(t * 100)}" for t in THRESHOLDS]
+    summary = {}
+    for key in keys:
+        # A mean over seeds only when every seed reached the threshold; otherwise null.
+        values = [r[key] for r in runs]
+        summary[key] = None if any(v is None for v in values) else round(_mean(values), 1)
+    summary.update(final_accuracy=round(_mean(r["final_accuracy"] for r in runs), 4),
+                   images_per_second=round(_mean(r["images_per_second"] for r in runs), 1),
+                   efficiency=round(_mean(r["efficiency"] for r in runs), 3),
+                   device=runs[0]["device"], seeds=args.seeds, flags=" ".join(args.train_flags))
+    print(f"\nmean of {args.seeds} seed(s): " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "flags"))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
