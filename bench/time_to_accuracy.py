@@ -89,6 +89,7 @@ def run_seed(seed: int, args) -> dict:
         torch.manual_seed(seed)
         model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
                                     image_size=data.image_size, overrides=config.model.overrides())
+        models.init_from_data(model, Normalize(data.mean, data.std)(data.tensors["train"].images[:5000]))
         result = engine.fit(
             model, data.tensors["train"], data.tensors["test"],
             augment=BatchAugment(config.data, data.class_names, data.mean, data.std),

@@ -244,3 +244,27 @@ def test_stock_transformers_loads_the_folder_in_a_fresh_process(saved_gray_model
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "LOADED SmallCNNForImageClassification" in done.stdout
+
+
+def test_whitening_stem_decorrelates_patches_stays_fixed_and_round_trips(tmp_path):
+    from image_classifier.models import init_from_data
+
+    torch.manual_seed(1)
+    # Correlated "images": smooth noise, so neighbouring pixels and channels co-vary strongly.
+    images = F.avg_pool2d(torch.randn(64, 3, 20, 20), 3, stride=1) + 0.5 * torch.randn(64, 1, 18, 18)
+    model = make("cnn-fast", size=18, stem="whiten", **SMALL)
+    assert model.config.stem_width == 24 and model.config.stem_size == 17
+    assert not model.stem.conv.weight.requires_grad and model.stem.conv.bias.requires_grad
+    init_from_data(model, images)
+    out = F.conv2d(images, model.stem.conv.weight).permute(0, 2, 3, 1).reshape(-1, 24)[:, :12]
+    covariance = out.T @ out / len(out)
+    assert torch.allclose(covariance, torch.diag(covariance.diagonal()), atol=0.02)     # decorrelated
+    assert covariance.diagonal().max() < 1.01                                            # unit variance at most
+    torch.testing.assert_close(model.stem.conv.weight[12:], -model.stem.conv.weight[:12])
+    with torch.no_grad():
+        expected = model.eval()(images[:4]).logits
+    model.save_pretrained(tmp_path)
+    loaded = SmallCNNForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images[:4]).logits, expected)
+    init_from_data(make("cnn-fast", size=18, **SMALL), images)                            # no stem: nothing to do

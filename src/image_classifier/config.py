@@ -178,6 +178,10 @@ class ModelArguments:
     classifier_dropout: Optional[float] = field(
         default=None, metadata={"help": "Override: dropout probability before the output layer."}
     )
+    stem: Optional[Literal["none", "whiten"]] = field(
+        default=None, metadata={"help": "Override: 'whiten' puts a fixed 2x2 patch-whitening convolution, set from "
+                                        "the training images, before the blocks (airbench); 'none' feeds pixels in."}
+    )
 
     def __post_init__(self):
         _require(bool(self.model), "model", "must name a preset or a timm architecture (timm/NAME)")
@@ -198,7 +202,7 @@ class ModelArguments:
     def overrides(self) -> dict[str, Any]:
         """The shape options the user set, as model-config keyword arguments."""
         names = ("widths", "convs_per_block", "kernel_size", "pooling", "batch_norm", "activation",
-                 "block_dropout", "classifier_dropout")
+                 "block_dropout", "classifier_dropout", "stem")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

@@ -11,6 +11,7 @@ from transformers import PretrainedConfig
 POOLINGS = ("max", "avg")
 ACTIVATIONS = ("relu", "gelu")
 GLOBAL_POOLS = ("flatten", "max", "avg")
+STEMS = ("none", "whiten")
 
 
 class SmallCNNConfig(PretrainedConfig):
@@ -36,6 +37,10 @@ class SmallCNNConfig(PretrainedConfig):
         global_pool: how the last feature map (widths[-1] x s x s) becomes a vector: "flatten"
             (widths[-1] * s * s features), or global "max" / "avg" pooling (widths[-1] features).
         initializer_range: standard deviation of the output layer's initial weights.
+        stem: "none", or "whiten": a 2x2 convolution (no padding, so the side shrinks by one pixel)
+            with 2 * num_channels * 4 filters, set from the training images before training to the
+            whitening transform of their 2x2 patches (and its negative) and then kept fixed; only its
+            bias trains. It decorrelates the input so the first block learns faster (airbench).
         kwargs: the usual `PretrainedConfig` arguments (`id2label`, `label2id`, `num_labels`, ...).
     """
 
@@ -56,6 +61,7 @@ class SmallCNNConfig(PretrainedConfig):
         hidden_size: int = 128,
         global_pool: str = "flatten",
         initializer_range: float = 0.01,
+        stem: str = "none",
         **kwargs,
     ):
         self.num_channels = int(num_channels)
@@ -71,6 +77,7 @@ class SmallCNNConfig(PretrainedConfig):
         self.hidden_size = int(hidden_size)
         self.global_pool = global_pool
         self.initializer_range = float(initializer_range)
+        self.stem = stem
         self._validate()
         super().__init__(**kwargs)
 
@@ -85,18 +92,29 @@ class SmallCNNConfig(PretrainedConfig):
         check(self.kernel_size > 0 and self.kernel_size % 2 == 1, f"kernel_size must be odd, got {self.kernel_size}")
         check(self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         check(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        check(self.stem in STEMS, f"stem must be one of {STEMS}, got {self.stem!r}")
         check(self.global_pool in GLOBAL_POOLS, f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
         for name in ("block_dropout", "classifier_dropout"):
             check(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1), got {getattr(self, name)}")
         check(self.hidden_size >= 0, f"hidden_size must be >= 0, got {self.hidden_size}")
-        check(self.image_size >= 2 ** len(self.widths),
+        check(self.stem_size >= 2 ** len(self.widths),
               f"image_size {self.image_size} is too small for {len(self.widths)} blocks "
               f"(each halves the side; need >= {2 ** len(self.widths)})")
 
     @property
+    def stem_width(self) -> int:
+        """Channels out of the stem: the input's, or 2 x (channels x 2 x 2) for the whitening stem."""
+        return 8 * self.num_channels if self.stem == "whiten" else self.num_channels
+
+    @property
+    def stem_size(self) -> int:
+        """Side in pixels of the stem's output (the whitening convolution has no padding)."""
+        return self.image_size - 1 if self.stem == "whiten" else self.image_size
+
+    @property
     def feature_map_size(self) -> int:
         """Side in pixels of the last block's output for an `image_size` input."""
-        return self.image_size >> len(self.widths)  # each 2x2 pool floors side / 2
+        return self.stem_size >> len(self.widths)  # each 2x2 pool floors side / 2
 
 
 # `save_pretrained` then copies this file beside the weights and writes `auto_map["AutoConfig"]`.

@@ -86,7 +86,14 @@ class SmallCNNForImageClassification(SmallCNNPreTrainedModel):
 
     def __init__(self, config: SmallCNNConfig):
         super().__init__(config)
-        blocks, in_channels = [], config.num_channels
+        if config.stem == "whiten":
+            # (B, C, H, W) -> (B, 8C, H - 1, W - 1); weights set by `init_whitening`, then fixed.
+            self.stem = nn.Sequential(OrderedDict(conv=nn.Conv2d(config.num_channels, config.stem_width, 2),
+                                                  act=_activation(config.activation)))
+            self.stem.conv.weight.requires_grad_(False)
+        else:
+            self.stem = None
+        blocks, in_channels = [], config.stem_width
         for width in config.widths:
             blocks.append(SmallCNNBlock(config, in_channels, width))
             in_channels = width
@@ -108,6 +115,22 @@ class SmallCNNForImageClassification(SmallCNNPreTrainedModel):
         self.dropout = nn.Dropout(config.classifier_dropout) if config.classifier_dropout > 0 else None
         self.classifier = nn.Linear(features, config.num_labels)
         self.post_init()
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening stem from normalized training images (N, C, H, W), a few thousand suffice.
+
+        The filters are the eigenvectors of the 2x2 patches' covariance scaled by 1/sqrt(eigenvalue + eps),
+        and their negatives, so the stem's output channels are decorrelated with unit variance.
+        """
+        weight = self.stem.conv.weight                                 # (8C, C, 2, 2)
+        c = weight.shape[1]
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)      # (N, C, H-1, W-1, 2, 2)
+        patches = patches.transpose(1, 3).reshape(-1, c * 4)           # (N * (H-1) * (W-1), C*2*2)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)      # ascending
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).flip(0).reshape(c * 4, c, 2, 2)
+        weight.copy_(torch.cat([filters, -filters]).to(weight))
 
     def _to_model_channels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Reduce (B, 3, H, W) RGB to (B, 1, H, W) luminance for a grayscale model; check the channel count."""
@@ -139,6 +162,8 @@ class SmallCNNForImageClassification(SmallCNNPreTrainedModel):
 
         x = self._to_model_channels(pixel_values)
         hidden_states = (x,) if output_hidden_states else None
+        if self.stem is not None:
+            x = self.stem(x)  # (B, 8C, H - 1, W - 1)
         for block in self.blocks:
             x = block(x)  # (B, C_i, H / 2**i, W / 2**i)
             if output_hidden_states:

@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _SHAPE_OPTIONS = frozenset({"widths", "convs_per_block", "kernel_size", "pooling", "batch_norm", "activation",
-                            "block_dropout", "classifier_dropout", "hidden_size", "global_pool"})
+                            "block_dropout", "classifier_dropout", "hidden_size", "global_pool", "stem"})
 
 
 def create_model(name: str, *, class_names: list[str], num_channels: int, image_size: int,
@@ -79,6 +79,13 @@ def create_model(name: str, *, class_names: list[str], num_channels: int, image_
     config = SmallCNNConfig(num_channels=num_channels, image_size=image_size, **{**PRESETS[name], **overrides},
                             id2label=id2label, label2id={label: i for i, label in id2label.items()})
     return SmallCNNForImageClassification(config)
+
+
+def init_from_data(model: nn.Module, images: torch.Tensor) -> None:
+    """Set what a model initialises from the training data: the whitening stem, from normalized
+    images (N, C, H, W), a few thousand. A no-op for models without one (every other preset, timm)."""
+    if getattr(getattr(model, "config", None), "stem", "none") == "whiten":
+        model.init_whitening(images)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -88,6 +88,8 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     except ValueError as error:
         raise ConfigError("model", str(error)) from error
     data.mean, data.std = models.input_normalization(model, data.mean, data.std)   # timm: the model's own
+    normalize = Normalize(data.mean, data.std)
+    models.init_from_data(model, normalize(data.tensors["train"].images[:5000]))    # the whitening stem, if any
     summary = models.summarize_model(model, (data.num_channels, data.image_size, data.image_size))
     if accelerator.is_main_process:
         accelerator.print(summary)
@@ -98,7 +100,6 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     def evaluate_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         return metrics.compute_metrics(logits, labels, data.class_names)
 
-    normalize = Normalize(data.mean, data.std)
     # SIGINT/SIGTERM during training: checkpoint at the next step, then `TrainingInterrupted` (see interrupt.py).
     with StopOnSignal() as stop:
         result = engine.fit(
