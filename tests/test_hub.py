@@ -414,12 +414,8 @@ def test_stand_in_serves_timm(hub, hub_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_push_and_load(hub, hub_env, request, tmp_path):
-    try:
-        import image_classifier.runner  # noqa: F401  (imports every stage of a run)
-        images = request.getfixturevalue("tiny_image_folder")
-    except (ImportError, pytest.FixtureLookupError) as error:
-        pytest.skip(f"the training stages are not all there yet ({type(error).__name__}: {error})")
+def test_train_push_and_load(hub, hub_env, tiny_image_folder, tmp_path):
+    images = tiny_image_folder
     out = tmp_path / "run" / "model"
     root = Path(__file__).resolve().parents[1]
     train = subprocess.run(

@@ -536,10 +536,7 @@ def test_predictor_model_info_and_examples_from_a_hub_id(hub, hub_env, model_dir
 
 @pytest.mark.slow
 def test_a_real_training_run_is_found_described_and_served_like_pipeline(tmp_path, tiny_image_folder):
-    try:
-        from image_classifier import runner   # imports every stage of a run
-    except ImportError as error:
-        pytest.skip(f"the training stages are not all there yet ({error})")
+    from image_classifier import runner
     from transformers import pipeline
 
     from image_classifier.config import parse_config
