@@ -263,7 +263,7 @@ class ResidentBatches:
 
 
 def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator, args: TrainingArguments,
-                 state: TrainerState, max_steps: int, ema: Optional[AveragedModel] = None,
+                 state: TrainerState, max_steps: int, average_weights: Optional[Callable[[], None]] = None,
                  stop: Optional[StopOnSignal] = None) -> dict[str, float]:
     """One pass over the training loader (or until a stop signal at an optimizer step).
 
@@ -293,8 +293,8 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
         if accelerator.sync_gradients:
             state.global_step += 1
             state.learning_rates.append(optimizer.param_groups[0]["lr"])
-            if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model, keep_torch_compile=False))
+            if average_weights is not None:
+                average_weights()
             if per_step_schedule and not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
         loss_sum += loss.detach() * labels.shape[0]
@@ -358,6 +358,7 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
     ema = AveragedModel(unwrapped, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True) \
         if args.ema_decay > 0 else None
     evaluated = ema.module if ema is not None else model
+    average_weights = (lambda: ema.update_parameters(unwrapped)) if ema is not None else None   # per optimizer step
     tta = resolve_tta(args, augment)
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
@@ -390,13 +391,13 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
             epoch_loader = (train_loader.skip_first_batches(state.step_in_epoch) if isinstance(train_loader, ResidentBatches)
                             else accelerator.skip_first_batches(train_loader, state.step_in_epoch))
         epoch_loader.set_epoch(state.epoch)    # the shuffle order of this epoch: seed + epoch
-        if freeze_backbone(optimizer, state.epoch < config.model.freeze_backbone_epochs):
+        frozen = state.epoch < config.model.freeze_backbone_epochs
+        if freeze_backbone(optimizer, frozen):
             accelerator.print(f"epoch {state.epoch + 1}: backbone "
-                              + ("frozen (only the classifier trains)" if state.epoch < config.model.freeze_backbone_epochs
-                                 else "released (every layer trains)"))
+                              + ("frozen (only the classifier trains)" if frozen else "released (every layer trains)"))
         started = time.perf_counter()
         sums = _train_epoch(model, epoch_loader, optimizer, scheduler, augment, mix, accelerator, args,
-                            state, max_steps, ema, stop)
+                            state, max_steps, average_weights, stop)
         state.train_seconds += time.perf_counter() - started
         sums = {k: v + state.epoch_sums.get(k, 0.0) for k, v in sums.items()}   # + the part before a resume
         if stop and stop.agreed:   # stopped mid-epoch: the resumed run finishes this epoch and its sums

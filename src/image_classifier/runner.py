@@ -111,14 +111,15 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     # Evaluate the best weights on validation and test, every sample exactly once.
     results: dict[str, Any] = {}
     predictions = {}
+    loaders = {split: accelerator.prepare(DataLoader(data.tensors[split], batch_size=config.train.per_device_eval_batch_size))
+               for split in ("validation", "test")}
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        loader = accelerator.prepare(DataLoader(data.tensors[split], batch_size=config.train.per_device_eval_batch_size))
-        logits, labels = engine.predict(result.model, loader, normalize, accelerator, result.tta)
+        logits, labels = engine.predict(result.model, loaders[split], normalize, accelerator, result.tta)
         results.update(metrics.compute_metrics(logits, labels, data.class_names, prefix=prefix))
         predictions[split] = (logits, labels)
     results["tta"] = result.tta
     if result.tta != "none":    # what pipeline() and the app see: one view per image
-        logits, labels = engine.predict(result.model, loader, normalize, accelerator)
+        logits, labels = engine.predict(result.model, loaders["test"], normalize, accelerator)
         results["test_accuracy_without_tta"] = metrics.compute_metrics(logits, labels, data.class_names)["accuracy"]
     state = result.state
     results.update(train_seconds=round(state.train_seconds, 2), num_parameters=models.count_parameters(model),
