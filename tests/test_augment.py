@@ -160,7 +160,7 @@ def test_describe_augmentation_lists_what_is_on():
                          random_erasing=0.25, mixup_alpha=0.2, cutmix_alpha=1.0)
     items = describe_augmentation(args, NAMES)
     text = " | ".join(items)
-    for word in ("RandAugment", "colour jitter", "flip", "shift: reflect-pad 4 px", "rotation ±15°",
+    for word in ("RandAugment", "colour jitter", "flip", "shift: reflect-pad 2 px", "rotation ±15°",
                  "zoom: scale 0.9-1.1", "erasing (p=0.25", "MixUp alpha 0.2 or CutMix alpha 1"):
         assert word in text, word
     assert describe_augmentation(DataArguments(**OFF), NAMES) == ["none"]

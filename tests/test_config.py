@@ -12,7 +12,9 @@ def test_defaults_and_output_dir():
     config = parse_config([])
     assert config.data.dataset == "uoft-cs/cifar10"
     assert config.train.output_dir == "outputs/cifar10-cnn-fast"
-    assert config.train.learning_rate == 0.2          # resolved per optimizer
+    assert config.train.optimizer == "muon" and config.train.learning_rate == 0.24    # cnn-fast: airbench's recipe
+    assert parse_config(["--model", "cnn-basic"]).train.optimizer == "sgd"
+    assert parse_config(["--optimizer", "sgd"]).train.learning_rate == 0.2          # resolved per optimizer
     assert parse_config(["--optimizer", "adamw"]).train.learning_rate == 1e-3
 
 

@@ -95,7 +95,7 @@ def test_early_stopping_stops_when_the_metric_stalls(tiny_image_folder, tmp_path
     # statistics change either): validation accuracy stalls at once.
     results = run(parse_config(tiny_args(tiny_image_folder, tmp_path / "m", "--num_train_epochs", "6",
                                          "--learning_rate", "1e-12", "--early_stopping_patience", "2",
-                                         "--batch_norm", "false")))
+                                         "--batch_norm", "false", "--optimizer", "sgd")))
     history = json.loads((tmp_path / "m" / "history.json").read_text())
     assert len(history) == 3 and results["best_epoch"] == 1 and results["epochs_trained"] == 3
 
@@ -207,3 +207,89 @@ def test_real_mnist_one_epoch_on_a_few_thousand_images_reaches_95_percent(shared
         "--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--learning_rate", "0.05"]))
     assert results["test_num_samples"] == 2000
     assert results["test_accuracy"] >= 0.95, results["test_accuracy"]
+
+
+def test_triangle_schedule_rises_from_a_fifth_to_the_peak_then_falls_to_seven_percent():
+    from image_classifier.engine import build_scheduler
+
+    args = parse_config(["--lr_scheduler_type", "triangle", "--warmup_ratio", "0.25", "--learning_rate", "2.0"]).train
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = build_scheduler(optimizer, args, total_steps=100)
+    lrs = []
+    for _ in range(101):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.4) and lrs[25] == pytest.approx(2.0) and lrs[100] == pytest.approx(0.14)
+    assert lrs[12] == pytest.approx(0.4 + 1.6 * 12 / 25) and lrs[60] == pytest.approx(2.0 - 1.86 * 35 / 75)
+
+
+def test_lookahead_waits_then_pulls_weights_into_a_hardening_average_and_restores():
+    from image_classifier.engine import Lookahead
+
+    model = torch.nn.BatchNorm1d(3)
+    lookahead = Lookahead(model, total_steps=100, start=0.3, every=5)
+    model.bias.data.fill_(1.0)
+    lookahead.update(25)                                   # before 30% of the steps: nothing
+    assert lookahead.average is None
+    lookahead.update(31)                                   # not a multiple of 5: nothing
+    assert lookahead.average is None
+    lookahead.update(30)                                   # first: the average starts at the weights
+    assert torch.equal(lookahead.average["bias"], torch.ones(3))
+    model.bias.data.fill_(3.0)
+    model.running_mean.fill_(2.0)
+    lookahead.update(50)
+    decay = 0.95 ** 5 * 0.5 ** 3
+    torch.testing.assert_close(model.bias.data, torch.full((3,), 1 + 2 * (1 - decay)))   # weights = the average
+    torch.testing.assert_close(model.running_mean, torch.full((3,), 2 * (1 - decay)))   # float buffers too
+    assert model.num_batches_tracked.dtype == torch.int64                                # integers left alone
+    model.bias.data.fill_(7.0)
+    saved = lookahead.state_dict()
+    lookahead.finish_epoch()                               # the epoch ends on the average, not the last step
+    torch.testing.assert_close(model.bias.data, torch.full((3,), 1 + 2 * (1 - decay)))
+    fresh = Lookahead(model, total_steps=100)
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.average["bias"], lookahead.average["bias"])
+
+
+def test_airbench_sgd_recipe_runs_records_and_resumes_to_the_same_weights(tiny_image_folder, tmp_path):
+    # Small batches: about 10 steps an epoch, so the lookahead average starts and updates within 2 epochs.
+    extra = ["--optimizer", "sgd", "--lookahead", "--lr_scheduler_type", "triangle", "--bias_learning_rate_scale", "8",
+             "--per_device_train_batch_size", "4", "--stem", "whiten", "--identity_init", "true",
+             "--norm_scale", "false", "--batch_norm_momentum", "0.4", "--logit_scale", "0.2", "--whiten_bias_epochs", "1"]
+    results = run(parse_config(tiny_args(tiny_image_folder, tmp_path / "full", *extra)))
+    assert 0 <= results["test_accuracy"] <= 1
+    saved = json.loads((tmp_path / "full" / "training_config.json").read_text())
+    assert saved["lookahead"] and saved["bias_learning_rate_scale"] == 8 and saved["lr_scheduler_type"] == "triangle"
+    first = sorted((tmp_path / "full" / "checkpoints").glob("step_*"))[0]
+    shutil.copytree(first, tmp_path / "resumed" / "checkpoints" / first.name)
+    run(parse_config(tiny_args(tiny_image_folder, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")))
+    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+KEEP_FREED_MEMORY = """
+import resource, sys, torch
+from image_classifier.engine import keep_freed_memory
+if sys.argv[1] == "on":
+    assert keep_freed_memory()
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(64, 64, 3, padding=1))
+x = torch.randn(128, 3, 32, 32)                  # activations of 32 MiB each: above glibc's mmap threshold
+for step in range(4):
+    if step == 2:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    model(x).square().mean().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 2)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator: Linux only")
+def test_keep_freed_memory_stops_training_steps_faulting_their_pages_in_again():
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    faults = {mode: int(subprocess.run([sys.executable, "-c", KEEP_FREED_MEMORY, mode], env=env, check=True,
+                                       capture_output=True, text=True).stdout) for mode in ("off", "on")}
+    # Each step allocates some 200 MiB of activations and gradients: 50,000 pages of 4 KiB, faulted in afresh
+    # every step by default and reused once freed memory is kept.
+    assert faults["off"] > 20_000 and faults["on"] < faults["off"] / 10, faults

@@ -18,7 +18,7 @@ from image_classifier.models import PRESETS, count_parameters, create_model, sum
 from image_classifier.modeling_small_cnn import SmallCNNForImageClassification
 
 CLASSES = ["airplane", "car", "bird", "cat", "deer"]
-SMALL = {"widths": [8, 16]}  # narrow nets keep the tests fast
+SMALL = {"widths": [8, 16], "stem": "none"}  # narrow nets keep the tests fast; pixels straight in
 
 
 def make(name="cnn-fast", channels=3, size=32, classes=CLASSES, **overrides):
@@ -45,14 +45,18 @@ def test_presets_have_the_documented_structure():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in basic.modules())
     assert basic.hidden.dense.out_features == 128 and basic.dropout.p == 0.5
     fast = make("cnn-fast")
-    assert [c.out_channels for c in fast.modules() if isinstance(c, nn.Conv2d)] == [64, 64, 128, 128, 256, 256]
+    assert [c.out_channels for c in fast.modules() if isinstance(c, nn.Conv2d)] == [24, 48, 48, 192, 192, 192, 192]
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == 6
-    assert fast.hidden is None and fast.classifier.in_features == 256
+    assert fast.hidden is None and fast.classifier.in_features == 192
+    config = fast.config                                  # airbench94's choices
+    assert (config.stem, config.identity_init, config.norm_scale, config.batch_norm_momentum) == ("whiten", True, False, 0.4)
+    assert config.logit_scale == 1 / 192 and fast.classifier.weight.std().item() == pytest.approx(1.0, rel=0.1)
+    assert make("cnn-wide").config.widths == [64, 256, 256]
     assert set(PRESETS) >= {"cnn-basic", "cnn-fast", "cnn-wide"}
 
 
 def test_overrides_from_model_arguments_are_applied():
-    args = ModelArguments(model="cnn-fast", widths=[8, 16], convs_per_block=3, kernel_size=5, pooling="avg",
+    args = ModelArguments(model="cnn-fast", widths=[8, 16], stem="none", convs_per_block=3, kernel_size=5, pooling="avg",
                           batch_norm=False, activation="relu", block_dropout=0.1, classifier_dropout=0.2)
     model = make("cnn-fast", **args.overrides())
     config = model.config
@@ -149,7 +153,7 @@ def test_summary_lists_layers_totals_and_flops_without_touching_the_model():
 
 
 def test_count_parameters_trainable_only():
-    model = make("cnn-fast", **SMALL)
+    model = make("cnn-fast", norm_scale=True, **SMALL)          # every parameter trainable until frozen here
     model.blocks[0].requires_grad_(False)
     frozen = sum(p.numel() for p in model.blocks[0].parameters())
     assert count_parameters(model, trainable_only=True) == count_parameters(model) - frozen > 0
@@ -252,7 +256,7 @@ def test_whitening_stem_decorrelates_patches_stays_fixed_and_round_trips(tmp_pat
     torch.manual_seed(1)
     # Correlated "images": smooth noise, so neighbouring pixels and channels co-vary strongly.
     images = F.avg_pool2d(torch.randn(64, 3, 20, 20), 3, stride=1) + 0.5 * torch.randn(64, 1, 18, 18)
-    model = make("cnn-fast", size=18, stem="whiten", **SMALL)
+    model = make("cnn-fast", size=18, **{**SMALL, "stem": "whiten"})
     assert model.config.stem_width == 24 and model.config.stem_size == 17
     assert not model.stem.conv.weight.requires_grad and model.stem.conv.bias.requires_grad
     init_from_data(model, images)
@@ -268,3 +272,65 @@ def test_whitening_stem_decorrelates_patches_stays_fixed_and_round_trips(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(loaded(images[:4]).logits, expected)
     init_from_data(make("cnn-fast", size=18, **SMALL), images)                            # no stem: nothing to do
+
+
+def test_airbench_options_identity_init_fixed_norm_scale_momentum_and_logit_scale(tmp_path):
+    options = dict(identity_init=True, norm_scale=False, batch_norm_momentum=0.4, logit_scale=1 / 9, **SMALL)
+    model = make("cnn-fast", **options)
+    conv = model.blocks[1].conv2                                   # 16 -> 16 channels, 3x3
+    identity = torch.zeros_like(conv.weight)
+    identity[torch.arange(16), torch.arange(16), 1, 1] = 1
+    torch.testing.assert_close(conv.weight, identity)              # every filter passes its own channel
+    wider = model.blocks[1].conv1                                  # 8 -> 16: the first 8 filters are the identity
+    assert torch.equal(wider.weight[:8, :, 1, 1], torch.eye(8)) and wider.weight[8:].abs().sum() > 0
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(n.momentum == 0.4 and not n.weight.requires_grad and n.bias.requires_grad for n in norms)
+
+    torch.manual_seed(3)
+    x = torch.randn(4, 3, 32, 32)
+    plain = make("cnn-fast", **{**options, "logit_scale": 1.0}).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x).logits, plain(x).logits / 9)
+    model.save_pretrained(tmp_path)
+    loaded = SmallCNNForImageClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.logit_scale == 1 / 9 and loaded.config.identity_init and not loaded.config.norm_scale
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits)
+
+
+def test_bad_airbench_options_are_refused():
+    with pytest.raises(ValueError, match="batch_norm_momentum"):
+        SmallCNNConfig(batch_norm_momentum=0.0)
+    with pytest.raises(ValueError, match="logit_scale"):
+        SmallCNNConfig(logit_scale=-1.0)
+
+
+def test_parameter_groups_scale_the_bias_learning_rate_with_the_same_decay_per_step():
+    from image_classifier.models import parameter_groups
+
+    model = make("cnn-fast", **SMALL)
+    plain = parameter_groups(model, lr=0.5, weight_decay=1e-3)
+    assert [(g["lr"], g["weight_decay"]) for g in plain] == [(0.5, 1e-3), (0.5, 0.0)]
+    weights, biases = parameter_groups(model, lr=0.5, weight_decay=1e-3, bias_lr_scale=64)
+    assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim == 1 for p in biases["params"])
+    assert (weights["lr"], weights["weight_decay"]) == (0.5, 1e-3)
+    assert biases["lr"] == 32.0 and biases["lr"] * biases["weight_decay"] == pytest.approx(0.5 * 1e-3)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(weights["params"]) + len(biases["params"]) == len(trainable)
+    kernels = [p for p in trainable if p.ndim == 4]
+    rest = parameter_groups(model, lr=0.5, exclude=kernels)
+    assert {id(p) for g in rest for p in g["params"]} == {id(p) for p in trainable} - {id(p) for p in kernels}
+
+
+def test_train_stem_bias_holds_the_whole_stem_fixed_and_stops_its_gradient():
+    from image_classifier.models import train_stem_bias
+
+    model = make("cnn-fast", **{**SMALL, "stem": "whiten"})
+    x = torch.randn(4, 3, 32, 32)
+    assert train_stem_bias(model, False) and not model.stem.conv.bias.requires_grad
+    stem_output = model.stem(x)
+    assert not stem_output.requires_grad                                 # so no gradient is computed into it
+    model(x).logits.sum().backward()
+    assert model.stem.conv.bias.grad is None and model.blocks[0].conv1.weight.grad is not None
+    assert train_stem_bias(model, True) and model.stem.conv.bias.requires_grad
+    assert not train_stem_bias(make("cnn-basic"), True)                  # no stem: nothing to do

@@ -102,7 +102,7 @@ class DataArguments:
     # Augmentation (training only). Each is off at 0 / False / "none".
     augment: bool = field(default=True, metadata={"help": "Master switch for training-time augmentation."})
     random_crop_padding: int = field(
-        default=4, metadata={"help": "Random shift: pad by this many pixels (reflect) and crop back; 0 disables."}
+        default=2, metadata={"help": "Random shift: pad by this many pixels (reflect) and crop back; 0 disables."}
     )
     horizontal_flip: Optional[bool] = field(
         default=None, metadata={"help": "Random horizontal flip. Default: on, except for digit datasets (all class names are digits)."}
@@ -182,6 +182,19 @@ class ModelArguments:
         default=None, metadata={"help": "Override: 'whiten' puts a fixed 2x2 patch-whitening convolution, set from "
                                         "the training images, before the blocks (airbench); 'none' feeds pixels in."}
     )
+    batch_norm_momentum: Optional[float] = field(
+        default=None, metadata={"help": "Override: weight of each new batch in BatchNorm's running statistics "
+                                        "(PyTorch convention, in (0, 1])."}
+    )
+    norm_scale: Optional[bool] = field(
+        default=None, metadata={"help": "Override: learn BatchNorm's scale (false: fixed at 1, only the shift learns)."}
+    )
+    identity_init: Optional[bool] = field(
+        default=None, metadata={"help": "Override: start every convolution's first C_in filters as the identity."}
+    )
+    logit_scale: Optional[float] = field(
+        default=None, metadata={"help": "Override: factor on the logits (e.g. 0.111 = 1/9, airbench)."}
+    )
 
     def __post_init__(self):
         _require(bool(self.model), "model", "must name a preset or a timm architecture (timm/NAME)")
@@ -198,11 +211,15 @@ class ModelArguments:
             value = getattr(self, name)
             if value is not None:
                 _fraction(value, name)
+        _require(self.batch_norm_momentum is None or 0 < self.batch_norm_momentum <= 1, "batch_norm_momentum",
+                 f"must be in (0, 1], got {self.batch_norm_momentum}")
+        _require(self.logit_scale is None or self.logit_scale > 0, "logit_scale", f"must be > 0, got {self.logit_scale}")
 
     def overrides(self) -> dict[str, Any]:
         """The shape options the user set, as model-config keyword arguments."""
         names = ("widths", "convs_per_block", "kernel_size", "pooling", "batch_norm", "activation",
-                 "block_dropout", "classifier_dropout", "stem")
+                 "block_dropout", "classifier_dropout", "stem", "batch_norm_momentum", "norm_scale", "identity_init",
+                 "logit_scale")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
@@ -221,7 +238,10 @@ class TrainingArguments:
     max_train_steps: Optional[int] = field(
         default=None, metadata={"help": "Stop after this many optimizer steps; overrides --num_train_epochs."}
     )
-    per_device_train_batch_size: int = field(default=256, metadata={"help": "Training images per step per process."})
+    per_device_train_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Training images per step per process (capped at the train split's size). "
+                                        "Default: 2000 for cnn-fast/cnn-wide (airbench), 256 otherwise."}
+    )
     per_device_eval_batch_size: int = field(default=512, metadata={"help": "Evaluation images per step per process."})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Batches whose gradients are summed before each optimizer step."}
@@ -236,24 +256,50 @@ class TrainingArguments:
         metadata={"help": "With several GPU processes, BatchNorm statistics over the global batch (SyncBatchNorm) "
                           "instead of each process's batch."},
     )
-    optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata={"help": "Optimizer."})
-    learning_rate: Optional[float] = field(
-        default=None, metadata={"help": "Peak learning rate. Default: 0.2 for sgd, 0.001 for adam/adamw."}
+    optimizer: Optional[Literal["muon", "sgd", "adam", "adamw"]] = field(
+        default=None,
+        metadata={"help": "muon: Muon for convolution kernels, SGD for the rest (airbench94_muon; its SGD rates suit "
+                          "cnn-fast/cnn-wide); sgd (Nesterov); adam; adamw. Default: muon for cnn-fast/cnn-wide, sgd "
+                          "otherwise."},
     )
-    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay (L2 for sgd/adam, decoupled for adamw)."})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
-    nesterov: bool = field(default=True, metadata={"help": "Use Nesterov momentum with SGD."})
+    learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Peak learning rate (with muon: the kernels' Muon step). Default: 0.24 for "
+                                        "muon, 0.2 for sgd, 0.001 for adam/adamw."}
+    )
+    sgd_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "With --optimizer muon: peak SGD learning rate of the other parameters (output "
+                                        "layer, biases, BatchNorm), per mean-loss gradient. Default: 1340 (airbench: "
+                                        "0.67 per image at its batch of 2000, for cnn-fast's 1/192-scaled logits)."}
+    )
+    bias_learning_rate_scale: Optional[float] = field(
+        default=None, metadata={"help": "Learning-rate multiplier of the biases and norm parameters, whose weight decay "
+                                        "is then divided by it (the same decay per step as the weights). Unset: they "
+                                        "train at the learning rate without decay; default 0.079 with muon (airbench)."}
+    )
+    weight_decay: Optional[float] = field(
+        default=None, metadata={"help": "Weight decay (L2 for sgd/adam and muon's SGD part, decoupled for adamw; "
+                                        "Muon's kernels keep a fixed norm instead). Default: 3e-6 for muon (0.004 "
+                                        "per step at 1340), 5e-4 otherwise."}
+    )
+    momentum: Optional[float] = field(
+        default=None, metadata={"help": "SGD momentum (muon: of its SGD part). Default: 0.85 for muon, 0.9 for sgd."}
+    )
+    muon_momentum: float = field(default=0.6, metadata={"help": "With --optimizer muon: the kernels' momentum."})
+    nesterov: bool = field(default=True, metadata={"help": "Use Nesterov momentum with SGD and Muon."})
     adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
     adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
-    label_smoothing: float = field(default=0.1, metadata={"help": "Cross-entropy label smoothing (fraction)."})
+    label_smoothing: float = field(default=0.2, metadata={"help": "Cross-entropy label smoothing (fraction)."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Clip gradients to this L2 norm; 0 disables."})
-    lr_scheduler_type: Literal["constant", "linear", "onecycle", "cosine", "plateau"] = field(
-        default="onecycle",
-        metadata={"help": "constant; linear (warm-up then linear decay to 0); onecycle; cosine (warm-up then cosine); "
-                          "plateau (reduce on a stalled validation metric)."},
+    lr_scheduler_type: Optional[Literal["constant", "linear", "onecycle", "triangle", "cosine", "plateau"]] = field(
+        default=None,
+        metadata={"help": "constant; linear (warm-up then linear decay to 0); onecycle; triangle (linear from 0.2x to "
+                          "the peak over the warm-up, then linear to 0.07x: airbench); cosine (warm-up then cosine); "
+                          "plateau (reduce on a stalled validation metric). Default: linear for cnn-fast/cnn-wide, "
+                          "onecycle otherwise."},
     )
-    warmup_ratio: float = field(
-        default=0.2, metadata={"help": "Fraction of optimizer steps spent warming up (linear, cosine, onecycle)."}
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "Fraction of optimizer steps spent warming up (linear, triangle, cosine, "
+                                        "onecycle). Default: 0 for cnn-fast/cnn-wide, 0.2 otherwise."}
     )
     plateau_patience: int = field(
         default=2, metadata={"help": "Plateau: epochs without improvement before the learning rate is cut."}
@@ -278,12 +324,23 @@ class TrainingArguments:
     torch_compile: bool = field(
         default=False, metadata={"help": "torch.compile the model (pays on GPUs for long runs; costs a minute of compiling)."}
     )
+    whiten_bias_epochs: int = field(
+        default=3, metadata={"help": "Epochs the whitening stem's bias trains (--stem whiten; airbench: 3). After them "
+                                     "it stays fixed, which spares the backward pass into the stem (about 8%% of a "
+                                     "CPU step). One process only: under DDP the trained set is fixed, so it trains "
+                                     "throughout."}
+    )
+    lookahead: bool = field(
+        default=False, metadata={"help": "Lookahead weight averaging (airbench): from 30%% of the steps on, every 5 steps "
+                                         "the weights are pulled into a running average whose decay grows as "
+                                         "0.77 x progress^3, and replaced by it at every epoch's end."}
+    )
     ema_decay: float = field(
         default=0.0, metadata={"help": "Exponential moving average of the weights, per optimizer step (e.g. 0.99); "
                                        "evaluation and the saved model use the average. 0 disables."}
     )
     tta: Literal["none", "flip", "flip_translate"] = field(
-        default="flip", metadata={"help": "Test-time augmentation in evaluation: mean logits over mirrored (and 1-pixel "
+        default="flip_translate", metadata={"help": "Test-time augmentation in evaluation: mean logits over mirrored (and 1-pixel "
                                           "shifted) views. Applies only where horizontal flips are on (not for digits)."}
     )
     resident_data: bool = field(
@@ -302,23 +359,52 @@ class TrainingArguments:
     def __post_init__(self):
         _require(self.num_train_epochs > 0, "num_train_epochs", f"must be > 0, got {self.num_train_epochs}")
         _require(self.max_train_steps is None or self.max_train_steps > 0, "max_train_steps", "must be >= 1")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        for name in ("per_device_eval_batch_size", "gradient_accumulation_steps"):
             _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate is None:
-            self.learning_rate = 0.2 if self.optimizer == "sgd" else 1e-3
-        _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         _fraction(self.label_smoothing, "label_smoothing")
-        _fraction(self.warmup_ratio, "warmup_ratio")
         _require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)")
         _require(self.plateau_patience >= 0, "plateau_patience", "must be >= 0")
         _require(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
         _require(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
                  "early_stopping_patience", "must be >= 1")
         _require(self.early_stopping_threshold >= 0, "early_stopping_threshold", "must be >= 0")
+        _require(self.whiten_bias_epochs >= 0, "whiten_bias_epochs", f"must be >= 0, got {self.whiten_bias_epochs}")
         _require(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
         _require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (0 disables), got {self.ema_decay}")
+
+    def resolve_defaults(self, model: str) -> None:
+        """Fill the options left unset with the recipe for `model`, then check them.
+
+        cnn-fast and cnn-wide get airbench94_muon's recipe (their 1/width-scaled logits are what its SGD
+        rates are tuned for); every other model the SGD one-cycle recipe.
+        """
+        airbench = model in AIRBENCH_MODELS
+        recipe = dict(optimizer="muon", per_device_train_batch_size=2000, lr_scheduler_type="linear", warmup_ratio=0.0) \
+            if airbench else dict(optimizer="sgd", per_device_train_batch_size=256, lr_scheduler_type="onecycle",
+                                  warmup_ratio=0.2)
+        for name, value in recipe.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        muon = self.optimizer == "muon"
+        if self.learning_rate is None:
+            self.learning_rate = {"muon": 0.24, "sgd": 0.2}.get(self.optimizer, 1e-3)
+        if muon:
+            self.sgd_learning_rate = 1340.0 if self.sgd_learning_rate is None else self.sgd_learning_rate
+            self.bias_learning_rate_scale = 0.079 if self.bias_learning_rate_scale is None else self.bias_learning_rate_scale
+        _require(self.sgd_learning_rate is None or muon, "sgd_learning_rate", "applies to --optimizer muon only")
+        if self.weight_decay is None:
+            self.weight_decay = 3e-6 if muon else 5e-4
+        if self.momentum is None:
+            self.momentum = 0.85 if muon else 0.9
+        for name in ("learning_rate", "sgd_learning_rate", "bias_learning_rate_scale"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, name, f"must be > 0, got {value}")
+        _require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size",
+                 f"must be >= 1, got {self.per_device_train_batch_size}")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        _require(0 <= self.muon_momentum < 1, "muon_momentum", "must be in [0, 1)")
+        _fraction(self.warmup_ratio, "warmup_ratio")
 
     @property
     def greater_is_better(self) -> bool:
@@ -342,6 +428,9 @@ class HubArguments:
                      "--push_to_hub needs --hub_model_id USER/NAME")
 
 
+# The presets trained with airbench94_muon's recipe by default (see TrainingArguments.resolve_defaults).
+AIRBENCH_MODELS = ("cnn-fast", "cnn-wide")
+
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainingArguments, HubArguments)
 SECRET_FIELDS = {"hub_token"}
 
@@ -356,6 +445,7 @@ class Config:
     hub: HubArguments = field(default_factory=HubArguments)
 
     def __post_init__(self):
+        self.train.resolve_defaults(self.model.model)
         if self.train.output_dir is None:
             name = Path(self.data.dataset.rstrip("/")).name or "dataset"
             self.train.output_dir = os.path.join("outputs", f"{name}-{self.model.model.replace('/', '-')}")

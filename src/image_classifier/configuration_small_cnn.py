@@ -41,6 +41,14 @@ class SmallCNNConfig(PretrainedConfig):
             with 2 * num_channels * 4 filters, set from the training images before training to the
             whitening transform of their 2x2 patches (and its negative) and then kept fixed; only its
             bias trains. It decorrelates the input so the first block learns faster (airbench).
+        batch_norm_momentum: weight of each new batch in BatchNorm's running statistics (PyTorch's
+            convention; 0.1 is PyTorch's default, airbench uses 0.4 for its short runs).
+        norm_scale: learn BatchNorm's per-channel scale; False fixes it at 1, so only the shift
+            learns (airbench: the next convolution can rescale, and the shift then trains faster).
+        identity_init: initialise each convolution as PyTorch does, then set its first C_in filters
+            to the identity (Dirac), so every block starts as an implicit residual (airbench).
+        logit_scale: factor on the logits (airbench: 1/9, which slows the output layer's learning
+            relative to the convolutions and softens the initial predictions).
         kwargs: the usual `PretrainedConfig` arguments (`id2label`, `label2id`, `num_labels`, ...).
     """
 
@@ -62,6 +70,10 @@ class SmallCNNConfig(PretrainedConfig):
         global_pool: str = "flatten",
         initializer_range: float = 0.01,
         stem: str = "none",
+        batch_norm_momentum: float = 0.1,
+        norm_scale: bool = True,
+        identity_init: bool = False,
+        logit_scale: float = 1.0,
         **kwargs,
     ):
         self.num_channels = int(num_channels)
@@ -78,6 +90,10 @@ class SmallCNNConfig(PretrainedConfig):
         self.global_pool = global_pool
         self.initializer_range = float(initializer_range)
         self.stem = stem
+        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.norm_scale = bool(norm_scale)
+        self.identity_init = bool(identity_init)
+        self.logit_scale = float(logit_scale)
         self._validate()
         super().__init__(**kwargs)
 
@@ -96,6 +112,9 @@ class SmallCNNConfig(PretrainedConfig):
         check(self.global_pool in GLOBAL_POOLS, f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
         for name in ("block_dropout", "classifier_dropout"):
             check(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check(0.0 < self.batch_norm_momentum <= 1.0,
+              f"batch_norm_momentum must be in (0, 1], got {self.batch_norm_momentum}")
+        check(self.logit_scale > 0, f"logit_scale must be > 0, got {self.logit_scale}")
         check(self.hidden_size >= 0, f"hidden_size must be >= 0, got {self.hidden_size}")
         check(self.stem_size >= 2 ** len(self.widths),
               f"image_size {self.image_size} is too small for {len(self.widths)} blocks "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import shutil
 import signal
 import time
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError, TrainingArguments
 from .interrupt import StopOnSignal, TrainingInterrupted
-from .models import freeze_backbone, parameter_groups
+from .models import classifier_module, freeze_backbone, parameter_groups, train_stem_bias
+from .optim import Muon
 
 __all__ = [
     "TrainerState",
@@ -45,7 +47,7 @@ CHECKPOINT_DIR = "checkpoints"
 def build_accelerator(config: Config) -> Accelerator:
     """An Accelerator for this run: precision, accumulation, trackers, seedable data order."""
     train = config.train
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=default_precision(train.mixed_precision),
         dynamo_backend="inductor" if train.torch_compile else None,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
@@ -55,6 +57,27 @@ def build_accelerator(config: Config) -> Accelerator:
         # The shuffle order depends on (seed, epoch) only, so a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train.seed),
     )
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()
+    return accelerator
+
+
+def keep_freed_memory() -> bool:
+    """glibc: serve every allocation from the heap and keep what is freed there. Returns whether it applied.
+
+    By default glibc maps each block above 32 MiB (one (1024, 48, 31, 31) float activation is 180 MiB)
+    straight from the kernel and unmaps it when freed, so every CPU training step faults all its
+    activation pages in again, zero-filled: at batch 1024 that was a fifth of the step time, spent in
+    the kernel. With mmap off and trimming off the allocator reuses the freed blocks (peak memory
+    stays reserved until the process ends). Elsewhere (macOS, musl) nothing changes.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4        # mallopt parameter numbers from <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
 def default_precision(requested: Optional[str]) -> Optional[str]:
@@ -66,13 +89,24 @@ def default_precision(requested: Optional[str]) -> Optional[str]:
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: Optional[float] = None,
                     backbone_lr: Optional[float] = None) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam or AdamW; no weight decay on biases and norm weights.
+    """Muon (+ SGD), SGD (momentum, Nesterov), Adam or AdamW; see `parameter_groups` for weight decay.
 
     `lr` overrides --learning_rate (the --scale_lr value, see `effective_learning_rate`); `backbone_lr` is
     the learning rate of a timm model's layers but the classifier (default `lr`; see `models.parameter_groups`).
+    With muon, the convolution kernels take Muon at `lr` (their group first: it is the one logged) and
+    the rest SGD at --sgd_learning_rate, scaled alike.
     """
     lr = args.learning_rate if lr is None else lr
-    groups = parameter_groups(model, lr, backbone_lr, args.weight_decay)
+    if args.optimizer == "muon":
+        scale = lr / args.learning_rate
+        sgd_lr = args.sgd_learning_rate * scale
+        kernels = [p for p in model.parameters() if p.requires_grad and p.ndim == 4]
+        rest = parameter_groups(model, sgd_lr, backbone_lr and backbone_lr * sgd_lr / lr, args.weight_decay,
+                                args.bias_learning_rate_scale, exclude=kernels)
+        muon = [{"params": kernels, "lr": lr, "momentum": args.muon_momentum, "use_muon": True,
+                 "backbone": classifier_module(model) is not None}] if kernels else []
+        return Muon(muon + rest, lr=sgd_lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0)
+    groups = parameter_groups(model, lr, backbone_lr, args.weight_decay, args.bias_learning_rate_scale)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=args.momentum,
                                nesterov=args.nesterov and args.momentum > 0)
@@ -101,6 +135,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, t
         return get_constant_schedule(optimizer)
     if args.lr_scheduler_type == "linear":
         return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    if args.lr_scheduler_type == "triangle":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _triangle(step, warmup, total_steps))
     if args.lr_scheduler_type == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     if args.lr_scheduler_type == "onecycle":
@@ -112,6 +148,61 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, t
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode=mode, factor=args.plateau_factor, patience=args.plateau_patience,
         threshold=args.early_stopping_threshold, threshold_mode="abs")
+
+
+def _triangle(step: int, warmup: int, total: int, start: float = 0.2, end: float = 0.07) -> float:
+    """Learning-rate factor: linear from `start` to 1 over `warmup` steps, then linear to `end` at `total`."""
+    if step < warmup:
+        return start + (1 - start) * step / warmup
+    return 1 + (end - 1) * min(step - warmup, total - warmup) / max(total - warmup, 1)
+
+
+class Lookahead:
+    """airbench's weight averaging: from `start` (a fraction of the steps) on, every `every` optimizer steps
+    the running average moves towards the weights by 1 - decay and the weights are set to it; `decay` is
+    `base ** every * progress ** power`, so early averages follow the weights and late ones hold them.
+
+    Floating-point buffers (BatchNorm statistics) are averaged with the weights. `finish_epoch` sets the
+    weights to the average, so evaluation and checkpoints see it. Checkpointed via state_dict.
+    """
+
+    def __init__(self, model: torch.nn.Module, total_steps: int, start: float = 0.3, every: int = 5,
+                 base: float = 0.95, power: float = 3.0):
+        self.model, self.total_steps, self.every = model, total_steps, every
+        self.start_step = int(start * total_steps)
+        self.base, self.power = base, power
+        self.average: Optional[dict[str, torch.Tensor]] = None
+
+    def _floats(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """After optimizer step `step` (1-based)."""
+        if step < self.start_step or step % self.every:
+            return
+        weights = self._floats()
+        if self.average is None:
+            self.average = {k: v.detach().clone() for k, v in weights.items()}
+            return
+        decay = self.base ** self.every * (step / self.total_steps) ** self.power
+        for name, w in weights.items():
+            self.average[name].lerp_(w, 1 - decay)
+            w.copy_(self.average[name])
+
+    @torch.no_grad()
+    def finish_epoch(self) -> None:
+        if self.average is not None:
+            for name, w in self._floats().items():
+                w.copy_(self.average[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": self.average}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        average = state["average"]
+        weights = self._floats()
+        self.average = None if average is None else {k: v.to(weights[k].device) for k, v in average.items()}
 
 
 @dataclass
@@ -358,7 +449,6 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
     ema = AveragedModel(unwrapped, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True) \
         if args.ema_decay > 0 else None
     evaluated = ema.module if ema is not None else model
-    average_weights = (lambda: ema.update_parameters(unwrapped)) if ema is not None else None   # per optimizer step
     tta = resolve_tta(args, augment)
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
@@ -370,7 +460,15 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer.optimizer, args, max_steps)
     state = TrainerState()
-    accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema is not None else []))
+    lookahead = Lookahead(unwrapped, max_steps) if args.lookahead else None
+    averages = [a for a in (lookahead, ema) if a is not None]
+    accelerator.register_for_checkpointing(scheduler, state, *averages)
+
+    def average_weights() -> None:     # after every optimizer step
+        if lookahead is not None:
+            lookahead.update(state.global_step)
+        if ema is not None:
+            ema.update_parameters(unwrapped)
 
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
@@ -391,19 +489,23 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
             epoch_loader = (train_loader.skip_first_batches(state.step_in_epoch) if isinstance(train_loader, ResidentBatches)
                             else accelerator.skip_first_batches(train_loader, state.step_in_epoch))
         epoch_loader.set_epoch(state.epoch)    # the shuffle order of this epoch: seed + epoch
+        if accelerator.num_processes == 1:      # DDP fixes the set of trained parameters when it wraps the model
+            train_stem_bias(unwrapped, state.epoch < args.whiten_bias_epochs)
         frozen = state.epoch < config.model.freeze_backbone_epochs
         if freeze_backbone(optimizer, frozen):
             accelerator.print(f"epoch {state.epoch + 1}: backbone "
                               + ("frozen (only the classifier trains)" if frozen else "released (every layer trains)"))
         started = time.perf_counter()
         sums = _train_epoch(model, epoch_loader, optimizer, scheduler, augment, mix, accelerator, args,
-                            state, max_steps, average_weights, stop)
+                            state, max_steps, average_weights if averages else None, stop)
         state.train_seconds += time.perf_counter() - started
         sums = {k: v + state.epoch_sums.get(k, 0.0) for k, v in sums.items()}   # + the part before a resume
         if stop and stop.agreed:   # stopped mid-epoch: the resumed run finishes this epoch and its sums
             state.epoch_sums = sums
             raise _save_and_stop(accelerator, args, state, stop.agreed)
         state.epoch_sums = {}
+        if lookahead is not None:
+            lookahead.finish_epoch()
         record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"]}
         logits, labels = predict(evaluated, eval_loader, normalize, accelerator, tta)
         metrics = evaluate_fn(logits, labels)

@@ -158,13 +158,15 @@ _HYPERPARAMETERS = [
     ("model", "Model preset"), ("seed", "Seed"), ("num_train_epochs", "Epochs (configured)"),
     ("max_train_steps", "Max optimizer steps"), ("per_device_train_batch_size", "Batch size per device"),
     ("gradient_accumulation_steps", "Gradient accumulation steps"), ("optimizer", "Optimizer"),
-    ("learning_rate", "Peak learning rate"), ("momentum", "Momentum"), ("nesterov", "Nesterov"),
+    ("learning_rate", "Peak learning rate"), ("sgd_learning_rate", "Peak SGD learning rate (non-kernel parameters)"),
+    ("muon_momentum", "Muon momentum (kernels)"), ("momentum", "Momentum"), ("nesterov", "Nesterov"),
+    ("bias_learning_rate_scale", "Bias/BatchNorm learning-rate scale"),
     ("adam_beta1", "Adam β1"), ("adam_beta2", "Adam β2"), ("weight_decay", "Weight decay"),
     ("lr_scheduler_type", "Learning-rate schedule"), ("warmup_ratio", "Warm-up ratio"),
     ("plateau_patience", "Plateau patience"), ("plateau_factor", "Plateau factor"),
     ("label_smoothing", "Label smoothing"), ("max_grad_norm", "Gradient clipping (L2 norm)"),
     ("mixup_alpha", "MixUp α"), ("cutmix_alpha", "CutMix α"), ("ema_decay", "Weight EMA decay (per step)"),
-    ("metric_for_best_model", "Best-epoch metric (validation)"),
+    ("lookahead", "Lookahead weight averaging"), ("metric_for_best_model", "Best-epoch metric (validation)"),
     ("early_stopping_patience", "Early-stopping patience"), ("mixed_precision", "Mixed precision (requested)"),
 ]
 
@@ -177,8 +179,10 @@ TTA_NAMES = {"none": None, "flip": "the image and its mirror",
 def _hyperparameters(training: dict, metrics: dict) -> list[tuple[str, str]]:
     optimizer = training.get("optimizer")
     skip = set()
-    if optimizer != "sgd":
+    if optimizer not in ("sgd", "muon"):
         skip |= {"momentum", "nesterov"}
+    if optimizer != "muon":
+        skip |= {"sgd_learning_rate", "muon_momentum"}
     if optimizer not in ("adam", "adamw"):
         skip |= {"adam_beta1", "adam_beta2"}
     if training.get("lr_scheduler_type") != "plateau":
@@ -188,7 +192,7 @@ def _hyperparameters(training: dict, metrics: dict) -> list[tuple[str, str]]:
     rows = []
     for key, label in _HYPERPARAMETERS:
         value = training.get(key)
-        if key in skip or value is None or (key in ("mixup_alpha", "cutmix_alpha", "max_grad_norm", "ema_decay") and not value):
+        if key in skip or value is None or (key in ("mixup_alpha", "cutmix_alpha", "max_grad_norm", "ema_decay", "lookahead") and not value):
             continue
         rows.append((label, f"`{value}`"))
     batch = training.get("per_device_train_batch_size")

@@ -7,6 +7,7 @@ configuration file next to it.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -42,7 +43,8 @@ class SmallCNNBlock(nn.Sequential):
             if i == 1:
                 layers["pool"] = pool(kernel_size=2, stride=2)
             if bn:
-                layers[f"norm{i}"] = nn.BatchNorm2d(out_channels)
+                layers[f"norm{i}"] = norm = nn.BatchNorm2d(out_channels, momentum=config.batch_norm_momentum)
+                norm.weight.requires_grad_(config.norm_scale)
             layers[f"act{i}"] = _activation(config.activation)
         if config.block_dropout > 0:
             layers["dropout"] = nn.Dropout(config.block_dropout)
@@ -61,7 +63,13 @@ class SmallCNNPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # He init for layers followed by an activation; a small normal for the output layer (logits ~ 0 at start).
-        if isinstance(module, nn.Conv2d) or (isinstance(module, nn.Linear) and module is not self._output_layer()):
+        if isinstance(module, nn.Conv2d) and self.config.identity_init:
+            # PyTorch's default (std 1/sqrt(3 fan_in)), then filter i of the first C_in passes input channel i.
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            nn.init.dirac_(module.weight[:module.in_channels])
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d) or (isinstance(module, nn.Linear) and module is not self._output_layer()):
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -177,6 +185,8 @@ class SmallCNNForImageClassification(SmallCNNPreTrainedModel):
         if self.dropout is not None:
             x = self.dropout(x)
         logits = self.classifier(x)  # (B, num_labels)
+        if self.config.logit_scale != 1.0:
+            logits = logits * self.config.logit_scale
 
         loss = None
         if labels is not None:

@@ -16,7 +16,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -28,27 +28,29 @@ from .modeling_small_cnn import SmallCNNForImageClassification
 
 __all__ = ["PRESETS", "create_model", "count_parameters", "summarize_model", "timm_model_name", "is_timm_model",
            "timm_pretrained_source", "check_pretrained_weights", "input_normalization", "save_pretrained",
-           "parameter_groups", "freeze_backbone", "prepare_model_config"]
+           "parameter_groups", "freeze_backbone", "train_stem_bias", "prepare_model_config"]
 
 # Shape options of each small-CNN preset (SmallCNNConfig keyword arguments).
+_AIRBENCH = dict(convs_per_block=2, kernel_size=3, pooling="max", batch_norm=True, activation="gelu",
+                 block_dropout=0.0, hidden_size=0, classifier_dropout=0.0, global_pool="max", stem="whiten",
+                 batch_norm_momentum=0.4, norm_scale=False, identity_init=True, initializer_range=1.0)
 PRESETS: dict[str, dict[str, Any]] = {
     # The textbook net: Conv(32)-ReLU-MaxPool, Conv(64)-ReLU-MaxPool, Flatten, Dense(128)-ReLU, Dropout(0.5), output.
     "cnn-basic": dict(widths=[32, 64], convs_per_block=1, kernel_size=3, pooling="max", batch_norm=False,
                       activation="relu", block_dropout=0.0, hidden_size=128, classifier_dropout=0.5,
                       global_pool="flatten"),
-    # The default for 32x32 images: 3 blocks of 2 convs with BatchNorm and GELU, global max pool, linear head.
-    # About 68M multiply-adds per 32x32 image, 1.2M parameters.
-    "cnn-fast": dict(widths=[64, 128, 256], convs_per_block=2, kernel_size=3, pooling="max", batch_norm=True,
-                     activation="gelu", block_dropout=0.0, hidden_size=0, classifier_dropout=0.0,
-                     global_pool="max"),
-    # cnn-fast at twice the width (about 4x the compute): for a GPU or a long run.
-    "cnn-wide": dict(widths=[128, 256, 512], convs_per_block=2, kernel_size=3, pooling="max", batch_norm=True,
-                     activation="gelu", block_dropout=0.0, hidden_size=0, classifier_dropout=0.1,
-                     global_pool="max"),
+    # The default for 32x32 images: airbench94's net at 3/4 width. A fixed 2x2 patch-whitening stem, 3 blocks
+    # of 2 convs (BatchNorm with the scale fixed at 1, GELU), convolutions started as identities, global max
+    # pool, a linear head with unit-variance weights and logits scaled by 1/192 (airbench94_muon). About 69M
+    # multiply-adds per 32x32 image, 0.9M parameters; trained with Muon by default (see TrainingArguments).
+    "cnn-fast": dict(widths=[48, 192, 192], **_AIRBENCH, logit_scale=1 / 192),
+    # airbench94's net at full width (about 1.8x the compute of cnn-fast on a CPU): for a GPU or a long run.
+    "cnn-wide": dict(widths=[64, 256, 256], **_AIRBENCH, logit_scale=1 / 256),
 }
 
 _SHAPE_OPTIONS = frozenset({"widths", "convs_per_block", "kernel_size", "pooling", "batch_norm", "activation",
-                            "block_dropout", "classifier_dropout", "hidden_size", "global_pool", "stem"})
+                            "block_dropout", "classifier_dropout", "hidden_size", "global_pool", "stem",
+                            "batch_norm_momentum", "norm_scale", "identity_init", "logit_scale"})
 
 
 def create_model(name: str, *, class_names: list[str], num_channels: int, image_size: int,
@@ -425,20 +427,26 @@ def classifier_module(model: nn.Module) -> Optional[nn.Module]:
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr: Optional[float] = None,
-                     weight_decay: float = 0.0) -> list[dict[str, Any]]:
+                     weight_decay: float = 0.0, bias_lr_scale: Optional[float] = None,
+                     exclude: Iterable[nn.Parameter] = ()) -> list[dict[str, Any]]:
     """Optimizer parameter groups: the classifier at `lr`, the rest (the backbone) at `backbone_lr`
-    (default `lr`); weight decay on weight matrices and kernels only, never on biases and norm weights.
+    (default `lr`); weight decay on weight matrices and kernels, not on biases and norm parameters.
+
+    With `bias_lr_scale` the 1-D parameters (biases, norm scales and shifts) train at that multiple of
+    their group's rate instead, decayed by `weight_decay / bias_lr_scale` so that the decay per step
+    (lr x decay) equals the weights' (airbench's BatchNorm-bias scaling). `exclude` leaves parameters
+    out (those another update rule takes, see `Muon`).
 
     The head groups come first (param_groups[0]["lr"] is --learning_rate, the one logged). Backbone
     groups carry `"backbone": True`, which `freeze_backbone` acts on. Empty groups are left out; every
-    parameter with requires_grad is in exactly one group. Schedulers scale each group's own lr. A model
-    without a backbone/head split (the small CNN) gets the two groups [decay, no decay] at `lr`.
+    parameter with requires_grad and not excluded is in exactly one group. Schedulers scale each group's
+    own lr. A model without a backbone/head split (the small CNN) gets the groups [weights, biases] at `lr`.
     """
     head = classifier_module(model)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     backbone_lr = lr if backbone_lr is None else backbone_lr
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {(b, d): [] for b in (False, True) for d in (True, False)}
-    seen: set[int] = set()
+    seen: set[int] = {id(p) for p in exclude}
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -446,10 +454,17 @@ def parameter_groups(model: nn.Module, lr: float, backbone_lr: Optional[float] =
         is_backbone = bool(head_ids) and id(p) not in head_ids
         buckets[(is_backbone, p.ndim > 1)].append(p)
     groups = []
-    for (is_backbone, decay), params in buckets.items():
-        if params:
-            groups.append({"params": params, "lr": backbone_lr if is_backbone else lr,
-                           "weight_decay": weight_decay if decay else 0.0, "backbone": is_backbone})
+    for (is_backbone, is_weight), params in buckets.items():
+        if not params:
+            continue
+        group_lr = backbone_lr if is_backbone else lr
+        if is_weight:
+            group_lr, decay = group_lr, weight_decay
+        elif bias_lr_scale is None:
+            group_lr, decay = group_lr, 0.0
+        else:
+            group_lr, decay = group_lr * bias_lr_scale, weight_decay / bias_lr_scale
+        groups.append({"params": params, "lr": group_lr, "weight_decay": decay, "backbone": is_backbone})
     return groups
 
 
@@ -480,6 +495,16 @@ def freeze_backbone(optimizer: torch.optim.Optimizer, frozen: bool) -> bool:
             group["frozen"] = frozen
             changed = True
     return changed
+
+
+def train_stem_bias(model: nn.Module, trainable: bool) -> bool:
+    """Let the whitening stem's bias train or hold it fixed (its weight is always fixed); returns whether the
+    model has one. Held fixed, no gradient flows into the stem at all."""
+    stem = getattr(model, "stem", None)
+    if stem is None or getattr(stem, "conv", None) is None or stem.conv.bias is None:
+        return False
+    stem.conv.bias.requires_grad_(trainable)
+    return True
 
 
 def prepare_model_config(config) -> list[str]:
