@@ -31,6 +31,18 @@ def tiny_args(dataset, output_dir, *extra):
             "--validation_split_fraction", "0.2", "--test_split_fraction", "0.2", *map(str, extra)]
 
 
+def assert_resumes_to_the_same_weights(dataset, full: Path, resumed: Path, *extra):
+    """Resume a copy of `full`'s first checkpoint (the state after epoch 1) into `resumed`, with the same flags:
+    the finished model must equal `full`'s bit for bit."""
+    first = sorted((full / "checkpoints").glob("step_*"))[0]
+    shutil.copytree(first, resumed / "checkpoints" / first.name)
+    run(parse_config(tiny_args(dataset, resumed, *extra, "--resume_from_checkpoint", "latest")))
+    expected, got = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_image_folder):
     """One finished two-epoch run, shared by the tests that only read its files."""
@@ -74,14 +86,8 @@ def test_refuses_to_overwrite_a_finished_model(trained, tiny_image_folder):
 
 def test_resume_after_epoch_one_reaches_the_same_weights(trained, tiny_image_folder, tmp_path):
     out, _ = trained
-    first = sorted((out / "checkpoints").glob("step_*"))[0]          # the state after epoch 1
     resumed = tmp_path / "resumed"
-    shutil.copytree(first, resumed / "checkpoints" / first.name)
-    run(parse_config(tiny_args(tiny_image_folder, resumed, "--resume_from_checkpoint", "latest")))
-    expected, got = load_file(out / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert expected.keys() == got.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert_resumes_to_the_same_weights(tiny_image_folder, out, resumed)
     assert json.loads((resumed / "history.json").read_text())[-1]["epoch"] == 2
 
 
@@ -191,12 +197,7 @@ def test_ema_and_tta_run_records_them_and_resumes_to_the_same_weights(tiny_image
     extra = ["--ema_decay", "0.9", "--tta", "flip_translate"]
     results = run(parse_config(tiny_args(tiny_image_folder, tmp_path / "full", *extra)))
     assert results["tta"] == "flip_translate" and 0 <= results["test_accuracy_without_tta"] <= 1
-    first = sorted((tmp_path / "full" / "checkpoints").glob("step_*"))[0]
-    shutil.copytree(first, tmp_path / "resumed" / "checkpoints" / first.name)
-    run(parse_config(tiny_args(tiny_image_folder, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")))
-    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert_resumes_to_the_same_weights(tiny_image_folder, tmp_path / "full", tmp_path / "resumed", *extra)
 
 
 @pytest.mark.slow
@@ -261,12 +262,7 @@ def test_airbench_sgd_recipe_runs_records_and_resumes_to_the_same_weights(tiny_i
     assert 0 <= results["test_accuracy"] <= 1
     saved = json.loads((tmp_path / "full" / "training_config.json").read_text())
     assert saved["lookahead"] and saved["bias_learning_rate_scale"] == 8 and saved["lr_scheduler_type"] == "triangle"
-    first = sorted((tmp_path / "full" / "checkpoints").glob("step_*"))[0]
-    shutil.copytree(first, tmp_path / "resumed" / "checkpoints" / first.name)
-    run(parse_config(tiny_args(tiny_image_folder, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")))
-    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert_resumes_to_the_same_weights(tiny_image_folder, tmp_path / "full", tmp_path / "resumed", *extra)
 
 
 KEEP_FREED_MEMORY = """

@@ -457,14 +457,14 @@ def parameter_groups(model: nn.Module, lr: float, backbone_lr: Optional[float] =
     for (is_backbone, is_weight), params in buckets.items():
         if not params:
             continue
-        group_lr = backbone_lr if is_backbone else lr
         if is_weight:
-            group_lr, decay = group_lr, weight_decay
+            scale, decay = 1.0, weight_decay
         elif bias_lr_scale is None:
-            group_lr, decay = group_lr, 0.0
+            scale, decay = 1.0, 0.0
         else:
-            group_lr, decay = group_lr * bias_lr_scale, weight_decay / bias_lr_scale
-        groups.append({"params": params, "lr": group_lr, "weight_decay": decay, "backbone": is_backbone})
+            scale, decay = bias_lr_scale, weight_decay / bias_lr_scale
+        groups.append({"params": params, "lr": (backbone_lr if is_backbone else lr) * scale, "weight_decay": decay,
+                       "backbone": is_backbone})
     return groups
 
 
