@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from image_classifier.augment import BatchAugment, Normalize, build_batch_mix, describe_augmentation, flip_enabled
+from image_classifier.augment import AlternatingFlip, BatchAugment, Normalize, build_batch_mix, describe_augmentation, flip_enabled
 from image_classifier.config import DataArguments
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
@@ -56,6 +56,28 @@ def test_flip_is_drawn_per_image():
     flipped = [torch.equal(image, mirrored) for image in out]
     assert all(f or torch.equal(image, original) for f, image in zip(flipped, out))
     assert 10 < sum(flipped) < 54
+
+
+def test_alternating_flip_mirrors_each_image_the_other_way_every_epoch():
+    n = 200
+    images = torch.arange(n * 4, dtype=torch.uint8).view(n, 1, 1, 4)        # every row asymmetric
+    index = torch.randperm(n)
+    schedule = AlternatingFlip(n, seed=5)
+    mirrored = [(schedule(images[index], index, epoch) != images[index]).any(-1).flatten() for epoch in range(3)]
+    assert 60 < int(mirrored[0].sum()) < 140                                # a random half in the first epoch
+    assert torch.equal(mirrored[1], ~mirrored[0]) and torch.equal(mirrored[2], mirrored[0])
+    assert torch.equal(AlternatingFlip(n, seed=5).first, schedule.first)    # seeded: a resumed run agrees
+    assert not torch.equal(AlternatingFlip(n, seed=6).first, schedule.first)
+
+
+def test_under_the_alternating_schedule_the_batch_augment_leaves_flips_to_the_loader():
+    x = pattern()
+    alternate = augmenter(horizontal_flip=True, flip_schedule="alternate")
+    assert torch.equal(alternate.augment(x), x.float() / 255)
+    assert isinstance(alternate.alternating_flip(10, seed=0), AlternatingFlip)
+    assert augmenter(horizontal_flip=True).alternating_flip(10, seed=0) is None          # random schedule
+    assert augmenter(horizontal_flip=False, flip_schedule="alternate").alternating_flip(10, seed=0) is None
+    assert "alternating" in describe_augmentation(DataArguments(flip_schedule="alternate"), NAMES)[0]
 
 
 def test_shift_is_a_per_image_crop_of_the_reflect_padded_image():

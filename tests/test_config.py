@@ -12,8 +12,10 @@ def test_defaults_and_output_dir():
     config = parse_config([])
     assert config.data.dataset == "uoft-cs/cifar10"
     assert config.train.output_dir == "outputs/cifar10-cnn-fast"
-    assert config.train.optimizer == "muon" and config.train.learning_rate == 0.24    # cnn-fast: airbench's recipe
+    assert config.train.optimizer == "muon" and config.train.learning_rate == 0.1697  # cnn-fast: airbench's recipe at batch 1000
     assert parse_config(["--model", "cnn-basic"]).train.optimizer == "sgd"
+    airbench_batch = parse_config(["--per_device_train_batch_size", "1000", "--gradient_accumulation_steps", "2"]).train
+    assert (airbench_batch.learning_rate, airbench_batch.sgd_learning_rate) == (0.24, 1340.0)   # rates follow the batch
     assert parse_config(["--optimizer", "sgd"]).train.learning_rate == 0.2          # resolved per optimizer
     assert parse_config(["--optimizer", "adamw"]).train.learning_rate == 1e-3
 
@@ -71,3 +73,11 @@ def test_yaml_file_and_unknown_key(tmp_path):
     bad.write_text("learnin_rate: 0.05\n")
     with pytest.raises(ConfigError, match="learnin_rate"):
         parse_config([str(bad)])
+
+
+def test_flip_schedule_alternates_on_the_resident_path_only():
+    assert parse_config(["--dataset", "cifar10"]).data.flip_schedule == "alternate"
+    loader = parse_config(["--dataset", "cifar10", "--dataloader_num_workers", "2"])
+    assert loader.data.flip_schedule == "random"
+    with pytest.raises(ConfigError, match="flip_schedule"):
+        parse_config(["--dataset", "cifar10", "--resident_data", "false", "--flip_schedule", "alternate"])

@@ -180,6 +180,22 @@ def test_resident_batches_shard_disjointly_reshuffle_per_epoch_and_skip(tmp_path
     assert [len(l) for _, l in tiny] == [1]          # a split smaller than a global batch still yields
 
 
+def test_resident_batches_apply_the_alternating_flip_by_split_position():
+    from image_classifier.augment import AlternatingFlip
+    from image_classifier.data import ImageTensors
+    from image_classifier.engine import ResidentBatches
+
+    n = 40
+    images = torch.arange(n * 2, dtype=torch.uint8).view(n, 1, 1, 2)          # image i = [2i, 2i + 1]
+    schedule = AlternatingFlip(n, seed=1)
+    batches = ResidentBatches(ImageTensors(images, torch.arange(n)), 8, torch.device("cpu"), seed=0, flip=schedule)
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        for batch_images, labels in batches:
+            mirrored = batch_images[:, 0, 0, 0] > batch_images[:, 0, 0, 1]
+            assert torch.equal(mirrored, schedule.first[labels] ^ bool(epoch))
+
+
 def test_tta_views_average_mirror_and_shifted_copies():
     from image_classifier.engine import _tta_views
 

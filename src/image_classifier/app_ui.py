@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr
 
+from .files import atomic_path
 from .inference import (ImageError, Predictor, find_examples, find_latest_model, is_local_model, load_image,
                         looks_like_local_path, model_info)
 
@@ -331,7 +332,7 @@ def _predict_files(predictor: Predictor, files: Optional[Sequence[Any]]):
         csv_rows.append([name, labels[top], f"{p[top]:.6f}"] + [f"{v:.6f}" for v in p] + [""])
     out_dir = Path(tempfile.mkdtemp(prefix="predictions-"))
     out = out_dir / "predictions.csv"
-    with open(out, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "prediction", "probability"] + [f"p_{c}" for c in labels] + ["error"])
         writer.writerows(csv_rows)

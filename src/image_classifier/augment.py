@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import DataArguments
 
-__all__ = ["BatchAugment", "Normalize", "build_batch_mix", "describe_augmentation", "flip_enabled"]
+__all__ = ["AlternatingFlip", "BatchAugment", "Normalize", "build_batch_mix", "describe_augmentation", "flip_enabled"]
 
 # ITU-R 601 luminance, as PIL's convert("L").
 LUMA = (0.299, 0.587, 0.114)
@@ -64,7 +64,9 @@ class BatchAugment(torch.nn.Module):
         super().__init__()
         self.enabled = bool(args.augment)
         self.padding = int(args.random_crop_padding)
-        self.flip = flip_enabled(args, class_names)
+        self.flip = flip_enabled(args, class_names)         # training mirrors images (so TTA may too)
+        # Under "alternate" the loader mirrors (AlternatingFlip); None (no resolved Config) means random.
+        self.flip_schedule = args.flip_schedule or "random"
         self.rotation = float(args.rotation_degrees)
         self.zoom = float(args.zoom)
         self.jitter = float(args.color_jitter)
@@ -93,7 +95,7 @@ class BatchAugment(torch.nn.Module):
         x = x.float() / 255.0
         if self.jitter > 0:
             x = self._color_jitter(x)
-        if self.flip:
+        if self.flip and self.flip_schedule == "random":
             x = self._flip(x)
         if self.padding > 0:
             x = self._shift(x)
@@ -102,6 +104,12 @@ class BatchAugment(torch.nn.Module):
         if self.erasing > 0:
             x = self._erase(x)
         return x
+
+    def alternating_flip(self, num_images: int, seed: int) -> Optional["AlternatingFlip"]:
+        """The loader's flip schedule for a split of `num_images` under --flip_schedule alternate, else None."""
+        if self.enabled and self.flip and self.flip_schedule == "alternate":
+            return AlternatingFlip(num_images, seed)
+        return None
 
     # Each helper takes and returns float (B, C, H, W) in [0, 1]; randomness is drawn on x.device.
 
@@ -177,6 +185,25 @@ class BatchAugment(torch.nn.Module):
         return torch.where(mask, fill, x)
 
 
+class AlternatingFlip:
+    """airbench's derandomised flip: image i is mirrored in epoch e iff first[i] XOR (e is odd).
+
+    `first` is a seeded fair coin per image, so epoch 1 mirrors a random half, and each image then
+    alternates: over any two epochs it is seen once each way, where random flips repeat one
+    orientation half the time. It needs each image's index, so the resident loader applies it.
+    """
+
+    def __init__(self, num_images: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.first = torch.rand(num_images, generator=generator) < 0.5     # (N,) bool
+
+    def __call__(self, images: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """uint8 (B, C, H, W) images of split positions `index` (B,) -> the same, mirrored per the schedule."""
+        self.first = self.first.to(index.device)
+        mirror = self.first[index] ^ bool(epoch % 2)
+        return torch.where(mirror.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 class BatchMix:
     """MixUp and/or CutMix on a normalized float batch: (x, int64 labels) -> (x, soft targets (B, K)).
 
@@ -226,7 +253,8 @@ def describe_augmentation(args: DataArguments, class_names: Sequence[str]) -> li
         items.append(f"colour jitter: brightness/contrast/saturation x[{1 - args.color_jitter:g}, "
                      f"{1 + args.color_jitter:g}]")
     if flip_enabled(args, class_names):
-        items.append("random horizontal flip (p=0.5)")
+        items.append("horizontal flip, alternating: a random half in epoch 1, then each image the other way "
+                     "every epoch" if args.flip_schedule == "alternate" else "random horizontal flip (p=0.5)")
     if args.random_crop_padding > 0:
         items.append(f"random shift: reflect-pad {args.random_crop_padding} px and crop back")
     if args.rotation_degrees > 0:

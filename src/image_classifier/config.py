@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -106,6 +107,12 @@ class DataArguments:
     )
     horizontal_flip: Optional[bool] = field(
         default=None, metadata={"help": "Random horizontal flip. Default: on, except for digit datasets (all class names are digits)."}
+    )
+    flip_schedule: Optional[Literal["random", "alternate"]] = field(
+        default=None, metadata={"help": "How training flips are drawn. 'random': each image, each epoch, with p=0.5. "
+                                        "'alternate' (airbench): a seeded random half in the first epoch, then every "
+                                        "image the other way round each epoch, so each is seen both ways equally often; "
+                                        "needs the resident data path. Default: alternate on that path, else random."}
     )
     rotation_degrees: float = field(default=0.0, metadata={"help": "Random rotation range in degrees (+/-); 0 disables."})
     zoom: float = field(default=0.0, metadata={"help": "Random zoom range as a fraction (0.1: scale 0.9-1.1); 0 disables."})
@@ -240,7 +247,8 @@ class TrainingArguments:
     )
     per_device_train_batch_size: Optional[int] = field(
         default=None, metadata={"help": "Training images per step per process (capped at the train split's size). "
-                                        "Default: 2000 for cnn-fast/cnn-wide (airbench), 256 otherwise."}
+                                        "Default: 1000 for cnn-fast/cnn-wide (half airbench's 2000: twice the steps per "
+                                        "epoch, +0.5 points at 10 epochs on CPU), 256 otherwise."}
     )
     per_device_eval_batch_size: int = field(default=512, metadata={"help": "Evaluation images per step per process."})
     gradient_accumulation_steps: int = field(
@@ -263,13 +271,14 @@ class TrainingArguments:
                           "otherwise."},
     )
     learning_rate: Optional[float] = field(
-        default=None, metadata={"help": "Peak learning rate (with muon: the kernels' Muon step). Default: 0.24 for "
-                                        "muon, 0.2 for sgd, 0.001 for adam/adamw."}
+        default=None, metadata={"help": "Peak learning rate (with muon: the kernels' Muon step). Default: muon "
+                                        "0.24 x sqrt(batch / 2000) (airbench's 0.24 at its batch of 2000; 0.17 at 1000), "
+                                        "0.2 for sgd, 0.001 for adam/adamw. Batch: per process x accumulation steps."}
     )
     sgd_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "With --optimizer muon: peak SGD learning rate of the other parameters (output "
-                                        "layer, biases, BatchNorm), per mean-loss gradient. Default: 1340 (airbench: "
-                                        "0.67 per image at its batch of 2000, for cnn-fast's 1/192-scaled logits)."}
+                                        "layer, biases, BatchNorm), per mean-loss gradient. Default: 0.67 x batch "
+                                        "(airbench's 0.67 per image, for cnn-fast's 1/192-scaled logits: 670 at 1000)."}
     )
     bias_learning_rate_scale: Optional[float] = field(
         default=None, metadata={"help": "Learning-rate multiplier of the biases and norm parameters, whose weight decay "
@@ -278,8 +287,8 @@ class TrainingArguments:
     )
     weight_decay: Optional[float] = field(
         default=None, metadata={"help": "Weight decay (L2 for sgd/adam and muon's SGD part, decoupled for adamw; "
-                                        "Muon's kernels keep a fixed norm instead). Default: 3e-6 for muon (0.004 "
-                                        "per step at 1340), 5e-4 otherwise."}
+                                        "Muon's kernels keep a fixed norm instead). Default: 3e-6 for muon (0.002 "
+                                        "per step at 670), 5e-4 otherwise."}
     )
     momentum: Optional[float] = field(
         default=None, metadata={"help": "SGD momentum (muon: of its SGD part). Default: 0.85 for muon, 0.9 for sgd."}
@@ -379,17 +388,21 @@ class TrainingArguments:
         rates are tuned for); every other model the SGD one-cycle recipe.
         """
         airbench = model in AIRBENCH_MODELS
-        recipe = dict(optimizer="muon", per_device_train_batch_size=2000, lr_scheduler_type="linear", warmup_ratio=0.0) \
+        recipe = dict(optimizer="muon", per_device_train_batch_size=1000, lr_scheduler_type="linear", warmup_ratio=0.0) \
             if airbench else dict(optimizer="sgd", per_device_train_batch_size=256, lr_scheduler_type="onecycle",
                                   warmup_ratio=0.2)
         for name, value in recipe.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         muon = self.optimizer == "muon"
+        _require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size",
+                 f"must be >= 1, got {self.per_device_train_batch_size}")
+        # airbench's rates are for its batch of 2000; Muon's step is normalised, so it scales by sqrt (noise).
+        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if self.learning_rate is None:
-            self.learning_rate = {"muon": 0.24, "sgd": 0.2}.get(self.optimizer, 1e-3)
+            self.learning_rate = {"muon": round(0.24 * math.sqrt(batch / 2000), 4), "sgd": 0.2}.get(self.optimizer, 1e-3)
         if muon:
-            self.sgd_learning_rate = 1340.0 if self.sgd_learning_rate is None else self.sgd_learning_rate
+            self.sgd_learning_rate = 0.67 * batch if self.sgd_learning_rate is None else self.sgd_learning_rate
             self.bias_learning_rate_scale = 0.079 if self.bias_learning_rate_scale is None else self.bias_learning_rate_scale
         _require(self.sgd_learning_rate is None or muon, "sgd_learning_rate", "applies to --optimizer muon only")
         if self.weight_decay is None:
@@ -399,8 +412,6 @@ class TrainingArguments:
         for name in ("learning_rate", "sgd_learning_rate", "bias_learning_rate_scale"):
             value = getattr(self, name)
             _require(value is None or value > 0, name, f"must be > 0, got {value}")
-        _require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size",
-                 f"must be >= 1, got {self.per_device_train_batch_size}")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         _require(0 <= self.muon_momentum < 1, "muon_momentum", "must be in [0, 1)")
@@ -446,6 +457,13 @@ class Config:
 
     def __post_init__(self):
         self.train.resolve_defaults(self.model.model)
+        # Alternation needs each image's identity and the epoch, which only ResidentBatches has.
+        resident = self.train.resident_data and self.data.dataloader_num_workers == 0
+        if self.data.flip_schedule is None:
+            self.data.flip_schedule = "alternate" if resident else "random"
+        _require(resident or self.data.flip_schedule == "random", "flip_schedule",
+                 "'alternate' needs the resident data path (--resident_data true, --dataloader_num_workers 0); "
+                 "use --flip_schedule random with a DataLoader")
         if self.train.output_dir is None:
             name = Path(self.data.dataset.rstrip("/")).name or "dataset"
             self.train.output_dir = os.path.join("outputs", f"{name}-{self.model.model.replace('/', '-')}")

@@ -18,6 +18,7 @@ is the transformers image processor saved with the model, which gives the same n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -916,7 +917,8 @@ def explore(data: ImageData, args: DataArguments, output_dir) -> dict:
     counts = {s: info["class_counts"] for s, info in summary["splits"].items()}
     plots.plot_class_distribution(counts, out / "plots" / "class_distribution.png")
     original = train.images[0]
-    augment = BatchAugment(args, data.class_names, data.mean, data.std)
+    # Random flips here even under --flip_schedule alternate: the preview is one epoch's worth of draws.
+    augment = BatchAugment(dataclasses.replace(args, flip_schedule="random"), data.class_names, data.mean, data.std)
     with torch.random.fork_rng(devices=[]):          # the preview must not shift the training randomness
         torch.manual_seed(0)
         augmented = augment.augment(original.unsqueeze(0).repeat(11, 1, 1, 1))

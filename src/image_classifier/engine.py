@@ -315,11 +315,13 @@ class ResidentBatches:
     Each epoch shuffles with a generator seeded by (seed, epoch), the same on every process; process
     r of n takes every n-th batch-sized slice of that order, so shards are disjoint and a resumed run
     sees the same batches. The last partial batch is dropped (it would be smaller on some ranks).
+    `flip` (an augment.AlternatingFlip) mirrors images by split position and epoch.
     Yields (uint8 (B, C, H, W), int64 (B,)) on `device`.
     """
 
     def __init__(self, data: Dataset, batch_size: int, device: torch.device, seed: int,
-                 rank: int = 0, world_size: int = 1, accumulation: int = 1):
+                 rank: int = 0, world_size: int = 1, accumulation: int = 1,
+                 flip: Optional[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = None):
         self.images = data.images.to(device)     # the whole split, once: CIFAR-10 train is 138 MiB
         self.labels = data.labels.to(device)
         # A split smaller than one global batch still gives every process a non-empty batch.
@@ -329,6 +331,7 @@ class ResidentBatches:
         # into the next epoch (and past the epoch's checkpoint). So k batches of b are one batch of k x b.
         self.accumulation = accumulation
         self.epoch, self.skip = 0, 0
+        self.flip = flip
 
     def __len__(self) -> int:
         windows = max(len(self.labels) // (self.batch_size * self.world_size * self.accumulation), 1)
@@ -350,7 +353,8 @@ class ResidentBatches:
         for i in range(self.skip, total):
             start = (i * self.world_size + self.rank) * self.batch_size
             index = order[start:start + self.batch_size]
-            yield self.images[index], self.labels[index]
+            images = self.images[index]
+            yield (self.flip(images, index, self.epoch) if self.flip else images), self.labels[index]
 
 
 def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator, args: TrainingArguments,
@@ -438,7 +442,8 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
         train_loader = ResidentBatches(train_set, args.per_device_train_batch_size, accelerator.device, args.seed,
                                        accelerator.process_index, accelerator.num_processes,
-                                       args.gradient_accumulation_steps)
+                                       args.gradient_accumulation_steps,
+                                       augment.alternating_flip(len(train_set), args.seed))
     else:
         train_loader = _loader(train_set, args.per_device_train_batch_size, True, workers)
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)

@@ -1,0 +1,29 @@
+"""bench/time_to_accuracy.py end to end on a tiny dataset: its per-seed tables, mean curve and JSON line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "time_to_accuracy.py"
+
+
+def test_time_to_accuracy_prints_the_mean_curve_and_one_json_line(tiny_image_folder, tmp_path):
+    flags = ["--widths", "8", "16", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
+             "--num_train_epochs", "2", "--learning_rate", "0.05", "--cache_dir", str(tmp_path / "cache"),
+             "--validation_split_fraction", "0.2", "--test_split_fraction", "0.2"]
+    done = subprocess.run([sys.executable, str(BENCH), "--dataset", str(tiny_image_folder), "--seeds", "2",
+                           "--bare_steps", "2", "--", *flags], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert set(summary) >= {"seconds_to_85", "seconds_to_90", "seconds_to_93", "final_accuracy",
+                            "images_per_second", "efficiency", "device"}
+    assert summary["seeds"] == 2 and summary["device"].startswith("1x CPU")
+    assert 0 <= summary["final_accuracy"] <= 1 and summary["images_per_second"] > 0 and summary["efficiency"] > 0
+    assert "seed 0 on" in done.stdout and "seed 1 on" in done.stdout and "mean of 2 seeds:" in done.stdout
+    # The per-seed tables' final accuracies average to the summary's.
+    finals = [float(line.split()[2].rstrip(";")) for line in lines if line.strip().startswith("final accuracy")]
+    assert len(finals) == 2 and abs(sum(finals) / 2 - summary["final_accuracy"]) < 1e-3
+    reached = summary["seconds_to_85"]
+    assert reached is None or reached > 0
