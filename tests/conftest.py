@@ -11,6 +11,18 @@ from PIL import Image
 # The local copies of CIFAR-10 and MNIST (see ../shared/datasets/README.md), beside the repository.
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
+def tiny_flags(cache_dir, *extra) -> list[str]:
+    """train.py flags for a small, quick recipe on tiny_image_folder: a narrow cnn-fast on 16x16 images, two
+    epochs (6 steps), then `extra`.
+
+    Under the default muon, rates that learn the colours in 6 steps whatever the seed (test accuracy
+    0.79-1.0 over seeds 0-3, where a Muon rate of 0.05 gave 0.29-0.71)."""
+    muon = [] if "--optimizer" in map(str, extra) else ["--learning_rate", "0.2", "--sgd_learning_rate", "30"]
+    return ["--widths", "8", "16", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
+            "--num_train_epochs", "2", "--learning_rate", "0.05", "--cache_dir", str(cache_dir),
+            "--validation_split_fraction", "0.2", "--test_split_fraction", "0.2", *muon, *map(str, extra)]
+
+
 # tiny_image_folder: class -> base RGB colour.
 TINY_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 

@@ -5,13 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import tiny_flags
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "time_to_accuracy.py"
 
 
 def test_time_to_accuracy_prints_the_mean_curve_and_one_json_line(tiny_image_folder, tmp_path):
-    flags = ["--widths", "8", "16", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
-             "--num_train_epochs", "2", "--learning_rate", "0.05", "--cache_dir", str(tmp_path / "cache"),
-             "--validation_split_fraction", "0.2", "--test_split_fraction", "0.2"]
+    flags = tiny_flags(tmp_path / "cache")
     done = subprocess.run([sys.executable, str(BENCH), "--dataset", str(tiny_image_folder), "--seeds", "2",
                            "--bare_steps", "2", "--", *flags], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

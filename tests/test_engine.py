@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_flags
 from image_classifier.config import ConfigError, parse_config
 from image_classifier.engine import TrainerState, find_checkpoint
 from image_classifier.runner import run
@@ -24,15 +25,9 @@ PLOTS = ["samples.png", "class_distribution.png", "augmentation.png", "learning_
 
 
 def tiny_args(dataset, output_dir, *extra):
-    """A small, quick recipe: a narrow cnn-fast on 16x16 images, a couple of epochs (6 steps).
-
-    Under the default muon, rates that learn the colours in 6 steps whatever the seed (test accuracy
-    0.79-1.0 over seeds 0-3, where a Muon rate of 0.05 gave 0.29-0.71)."""
-    muon = [] if "--optimizer" in map(str, extra) else ["--learning_rate", "0.2", "--sgd_learning_rate", "30"]
-    return ["--dataset", str(dataset), "--output_dir", str(output_dir), "--widths", "8", "16",
-            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16",
-            "--num_train_epochs", "2", "--learning_rate", "0.05", "--cache_dir", str(Path(output_dir).parent / "cache"),
-            "--validation_split_fraction", "0.2", "--test_split_fraction", "0.2", *muon, *map(str, extra)]
+    """tiny_flags() on `dataset`, writing to `output_dir` (its cache beside it)."""
+    return ["--dataset", str(dataset), "--output_dir", str(output_dir),
+            *tiny_flags(Path(output_dir).parent / "cache", *extra)]
 
 
 def assert_resumes_to_the_same_weights(dataset, full: Path, resumed: Path, *extra):
