@@ -11,6 +11,7 @@ from PIL import Image
 # The local copies of CIFAR-10 and MNIST (see ../shared/datasets/README.md), beside the repository.
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
+
 def tiny_flags(cache_dir, *extra) -> list[str]:
     """train.py flags for a small, quick recipe on tiny_image_folder: a narrow cnn-fast on 16x16 images, two
     epochs (6 steps), then `extra`.
