@@ -108,11 +108,8 @@ def run_seed(seed: int, args) -> dict:
             config=config, accelerator=accelerator,
             evaluate_fn=lambda logits, labels: metrics.compute_metrics(logits, labels, data.class_names))
         history = result.state.history
-        # Images the optimizer stepped on (the resident loader drops each epoch's last partial batch).
-        recipe = config.train
-        seen = result.state.global_step * recipe.per_device_train_batch_size * accelerator.num_processes \
-            * recipe.gradient_accumulation_steps
-        loop = seen / result.state.train_seconds
+        # Images trained on, as fit counts them (the resident loader drops each epoch's last partial batch).
+        loop = sum(h["train_images"] for h in history) / result.state.train_seconds
         bare = bare_images_per_second(result.model, accelerator, config.train.per_device_train_batch_size,
                                       tuple(train.images.shape[1:]), config, args.bare_steps)
         return {"seed": seed, "history": history, "train_images": len(train), "device": describe_hardware(accelerator),

@@ -70,6 +70,8 @@ def test_every_output_file_exists_and_parses(trained):
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "learning_rate", "seconds"} <= set(history[0])
+    # Each epoch counts the images it trained on: its optimizer steps x the batch of 16 (no accumulation).
+    assert all(h["train_images"] == 16 * len(h["learning_rates"]) > 0 for h in history)
     config = json.loads((out / "config.json").read_text())
     assert "AutoModelForImageClassification" in config["auto_map"]
     assert sorted(config["id2label"].values()) == ["blue", "green", "red"]

@@ -511,7 +511,8 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         state.epoch_sums = {}
         if lookahead is not None:
             lookahead.finish_epoch()
-        record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"]}
+        record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"],
+                  "train_images": int(sums["seen"])}     # images trained on this epoch, all processes
         logits, labels = predict(evaluated, eval_loader, normalize, accelerator, tta)
         metrics = evaluate_fn(logits, labels)
         state.epoch += 1
