@@ -4,7 +4,7 @@
     python bench/time_to_accuracy.py --seeds 2                         # repeat with seeds 0, 1; print the mean
     python bench/time_to_accuracy.py --seeds 2 -- --num_train_epochs 20 --model cnn-wide   # any train.py flag
 
-It runs the project's own stages (load_data, create_model, BatchAugment, engine.fit) exactly as
+It runs the project's own stages (load_data, runner.build_model, runner.train_model) exactly as
 `train.py` does, except that the held-out split scored after every epoch is the TEST split, so the
 per-epoch figure is test accuracy (with test-time augmentation when the recipe enables it).
 `--full_train` also trains on the validation part train.py carves out (all 50k, as airbench). Seconds
@@ -32,14 +32,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from image_classifier import engine, metrics, models  # noqa: E402
-from image_classifier.augment import BatchAugment, Normalize, build_batch_mix  # noqa: E402
+from image_classifier import engine, models  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.data import ImageTensors, load_data  # noqa: E402
-from image_classifier.runner import describe_hardware  # noqa: E402
+from image_classifier.runner import build_model, describe_hardware, train_model  # noqa: E402
 
 THRESHOLDS = (0.85, 0.90, 0.93)
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
@@ -92,21 +92,15 @@ def run_seed(seed: int, args) -> dict:
         config = parse_config(["--dataset", args.dataset, "--seed", str(seed), "--output_dir", out,
                                "--overwrite_output_dir", *args.train_flags])
         accelerator = engine.build_accelerator(config)
+        set_seed(seed)                      # as train.py: before the splits and the model's initialisation
+        models.prepare_model_config(config)
         data = load_data(config.data, seed=seed)
-        torch.manual_seed(seed)
-        model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
-                                    image_size=data.image_size, overrides=config.model.overrides())
+        model, normalize = build_model(config, data)
         train = data.tensors["train"]
         if args.full_train and "validation" in data.tensors:
             train = ImageTensors(torch.cat([train.images, data.tensors["validation"].images]),
                                  torch.cat([train.labels, data.tensors["validation"].labels]))
-        models.init_from_data(model, Normalize(data.mean, data.std)(train.images[:5000]))
-        result = engine.fit(
-            model, train, data.tensors["test"],
-            augment=BatchAugment(config.data, data.class_names, data.mean, data.std),
-            normalize=Normalize(data.mean, data.std), mix=build_batch_mix(config.data, len(data.class_names)),
-            config=config, accelerator=accelerator,
-            evaluate_fn=lambda logits, labels: metrics.compute_metrics(logits, labels, data.class_names))
+        result = train_model(model, normalize, data, train, data.tensors["test"], config, accelerator)
         history = result.state.history
         # Images trained on, as fit counts them (the resident loader drops each epoch's last partial batch).
         loop = sum(h["train_images"] for h in history) / result.state.train_seconds

@@ -1,11 +1,16 @@
 """bench/time_to_accuracy.py end to end on a tiny dataset: its per-seed tables, mean curve and JSON line."""
 
+import argparse
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import tiny_flags
+
+from image_classifier.config import parse_config
+from image_classifier.runner import run
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "time_to_accuracy.py"
 
@@ -34,3 +39,20 @@ def test_time_to_accuracy_prints_the_mean_curve_and_one_json_line(tiny_image_fol
         expected = {next((seconds for seconds, accuracy in curve if accuracy >= threshold / 100 + margin), None)
                     for margin in (-5e-5, 5e-5)}
         assert summary[f"seconds_to_{threshold}"] in expected
+
+
+def test_the_bench_trains_as_train_py_does(tiny_image_folder, tmp_path):
+    """Same seed, same flags: the bench's epochs equal train.py's (only the split scored after each differs)."""
+    flags = tiny_flags(tmp_path / "cache")
+    run(parse_config(["--dataset", str(tiny_image_folder), "--output_dir", str(tmp_path / "model"), "--seed", "1",
+                      *flags]))
+    trained = json.loads((tmp_path / "model" / "history.json").read_text())
+
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(dataset=str(tiny_image_folder), full_train=False, bare_steps=1, train_flags=flags)
+    benched = bench.run_seed(1, args)["history"]
+    assert [h["train_images"] for h in benched] == [h["train_images"] for h in trained]
+    for key in ("train_loss", "train_accuracy"):
+        assert [h[key] for h in benched] == [h[key] for h in trained], key

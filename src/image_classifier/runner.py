@@ -6,7 +6,6 @@ runs this; only the main process writes files or pushes.
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from .config import Config, ConfigError, save_config
 from .files import atomic_path, replace_dir, write_json, write_text
 from .interrupt import StopOnSignal
 
-__all__ = ["run", "check_output_dir", "clear_output_dir", "describe_hardware"]
+__all__ = ["run", "build_model", "train_model", "check_output_dir", "clear_output_dir", "describe_hardware"]
 
 # Files that mark a folder as holding a finished model (written last by `save_model_folder`).
 FINISHED_MARKER = "metrics.json"
@@ -81,15 +80,7 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     if config.data.explore_only:
         return None
 
-    try:
-        model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
-                                    image_size=data.image_size, overrides=config.model.overrides(),
-                                    pretrained=config.model.pretrained)
-    except ValueError as error:
-        raise ConfigError("model", str(error)) from error
-    data.mean, data.std = models.input_normalization(model, data.mean, data.std)   # timm: the model's own
-    normalize = Normalize(data.mean, data.std)
-    models.init_from_data(model, normalize(data.tensors["train"].images[:5000]))    # the whitening stem, if any
+    model, normalize = build_model(config, data)
     summary = models.summarize_model(model, (data.num_channels, data.image_size, data.image_size))
     if accelerator.is_main_process:
         accelerator.print(summary)
@@ -97,16 +88,10 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     if config.train.report_to != "none":
         accelerator.init_trackers("image_classifier", config=_scalars(config.to_dict()))
 
-    def evaluate_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        return metrics.compute_metrics(logits, labels, data.class_names)
-
     # SIGINT/SIGTERM during training: checkpoint at the next step, then `TrainingInterrupted` (see interrupt.py).
     with StopOnSignal() as stop:
-        result = engine.fit(
-            model, data.tensors["train"], data.tensors["validation"],
-            augment=BatchAugment(config.data, data.class_names, data.mean, data.std), normalize=normalize,
-            mix=build_batch_mix(config.data, len(data.class_names)), config=config, accelerator=accelerator,
-            evaluate_fn=evaluate_fn, stop=stop)
+        result = train_model(model, normalize, data, data.tensors["train"], data.tensors["validation"], config,
+                             accelerator, stop=stop)
 
     # Evaluate the best weights on validation and test, every sample exactly once.
     results: dict[str, Any] = {}
@@ -140,6 +125,35 @@ def run(config: Config) -> Optional[dict[str, Any]]:
 
         hub.push_to_hub(out, config.hub.hub_model_id, private=config.hub.hub_private_repo, token=config.hub.hub_token)
     return results
+
+
+def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.Module, Normalize]:
+    """The --model for this data, and the normalisation it takes (timm models bring their own: `data` is updated).
+
+    A patch-whitening stem is fit to the first 5,000 normalised training images here.
+    """
+    try:
+        model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
+                                    image_size=data.image_size, overrides=config.model.overrides(),
+                                    pretrained=config.model.pretrained)
+    except ValueError as error:
+        raise ConfigError("model", str(error)) from error
+    data.mean, data.std = models.input_normalization(model, data.mean, data.std)
+    normalize = Normalize(data.mean, data.std)
+    models.init_from_data(model, normalize(data.tensors["train"].images[:5000]))
+    return model, normalize
+
+
+def train_model(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData",
+                train: "data_stage.ImageTensors", heldout: "data_stage.ImageTensors", config: Config,
+                accelerator: Accelerator, stop: Optional[StopOnSignal] = None) -> "engine.FitResult":
+    """`engine.fit` with this data's augmentation and metrics, scoring `heldout` after every epoch."""
+    def evaluate_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        return metrics.compute_metrics(logits, labels, data.class_names)
+
+    return engine.fit(model, train, heldout, augment=BatchAugment(config.data, data.class_names, data.mean, data.std),
+                      normalize=normalize, mix=build_batch_mix(config.data, len(data.class_names)), config=config,
+                      accelerator=accelerator, evaluate_fn=evaluate_fn, stop=stop)
 
 
 def save_model_folder(model, data: "data_stage.ImageData", state: "engine.TrainerState", results: dict[str, Any],
