@@ -1,11 +1,8 @@
 """The typed config: parsing from flags and files, validation naming the flag, round trip."""
 
-import json
-import sys
-
 import pytest
 
-from image_classifier.config import Config, ConfigError, parse_config, save_config
+from image_classifier.config import ConfigError, parse_config, save_config
 
 
 def test_defaults_and_output_dir():
