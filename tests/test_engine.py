@@ -217,6 +217,21 @@ def test_ema_and_tta_run_records_them_and_resumes_to_the_same_weights(tiny_image
     assert_resumes_to_the_same_weights(tiny_image_folder, tmp_path / "full", tmp_path / "resumed", *extra)
 
 
+def test_each_epoch_validates_on_one_view_unless_tta_each_epoch(tiny_image_folder, tmp_path):
+    for each, views in ((False, "none"), (True, "flip_translate")):
+        out = tmp_path / views
+        results = run(parse_config(tiny_args(tiny_image_folder, out, "--tta", "flip_translate",
+                                             "--tta_each_epoch", str(each))))
+        history = json.loads((out / "history.json").read_text())
+        assert results["tta"] == "flip_translate" and {h["eval_tta"] for h in history} == {views}
+        # The final validation scores the best epoch's weights with all views: the same figure only when
+        # that epoch was scored with them too.
+        best = history[results["best_epoch"] - 1]
+        assert (best["eval_loss"] == pytest.approx(results["eval_loss"], abs=1e-6)) is each
+        card = (out / "README.md").read_text()
+        assert ("Validation here scores one view per image" in card) is not each
+
+
 @pytest.mark.slow
 def test_real_mnist_one_epoch_on_a_few_thousand_images_reaches_95_percent(shared_datasets, tmp_path):
     results = run(parse_config([

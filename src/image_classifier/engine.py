@@ -455,6 +455,7 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         if args.ema_decay > 0 else None
     evaluated = ema.module if ema is not None else model
     tta = resolve_tta(args, augment)
+    epoch_tta = tta if args.tta_each_epoch else "none"     # 6 views cost 6 forward passes per image
 
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     if args.max_train_steps:
@@ -513,12 +514,13 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
             lookahead.finish_epoch()
         record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"],
                   "train_images": int(sums["seen"])}     # images trained on this epoch, all processes
-        logits, labels = predict(evaluated, eval_loader, normalize, accelerator, tta)
+        logits, labels = predict(evaluated, eval_loader, normalize, accelerator, epoch_tta)
         metrics = evaluate_fn(logits, labels)
         state.epoch += 1
         state.step_in_epoch = 0
         epoch_lrs = state.learning_rates[sum(len(h["learning_rates"]) for h in state.history):]
         record = {"epoch": state.epoch, **record, **{f"eval_{k}": metrics[k] for k in ("loss", "accuracy", "f1")},
+                  "eval_tta": epoch_tta,
                   "learning_rate": optimizer.param_groups[0]["lr"], "seconds": round(state.train_seconds, 2),
                   "learning_rates": epoch_lrs}
         state.history.append(record)

@@ -340,6 +340,8 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
                      ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy")},
                      "learning_rate": f"{h['learning_rate']:.3g}" if isinstance(h.get("learning_rate"), float)
                      else _num(h.get("learning_rate")), "seconds": _num(h.get("seconds"), 1)} for h in history],
+        # --tta_each_epoch off: each epoch's validation scored one view, the final evaluation all of --tta's.
+        "history_single_view": metrics.get("tta", "none") != "none" and any(h.get("eval_tta") == "none" for h in history),
         "epochs_trained": metrics.get("epochs_trained", len(history) or None),
         "best_epoch": metrics.get("best_epoch"),
         "train_time": _duration(metrics.get("train_seconds")) if "train_seconds" in metrics else None,
