@@ -349,8 +349,9 @@ class TrainingArguments:
                                        "evaluation and the saved model use the average. 0 disables."}
     )
     tta: Literal["none", "flip", "flip_translate"] = field(
-        default="flip_translate", metadata={"help": "Test-time augmentation in evaluation: mean logits over mirrored (and 1-pixel "
-                                          "shifted) views. Applies only where horizontal flips are on (not for digits)."}
+        default="flip_translate", metadata={"help": "Test-time augmentation in the final evaluation (and each epoch's with "
+                                          "--tta_each_epoch): mean logits over mirrored (and 1-pixel shifted) views. "
+                                          "Applies only where horizontal flips are on (not for digits)."}
     )
     tta_each_epoch: bool = field(
         default=False, metadata={"help": "Use --tta in the validation after every epoch too (learning curves, best-epoch "
