@@ -15,7 +15,8 @@ Printed per seed: each epoch's cumulative training seconds and test accuracy, th
 which 85%, 90% and 93% were first reached, the final accuracy, the training loop's images/s, and the
 pipeline efficiency = loop images/s / bare images/s, where "bare" is the same model (same memory
 format, precision and compile setting) doing forward + backward + optimizer step on random tensors
-of the same batch size, measured in the same process. With several seeds it then prints the mean
+of the same batch size, measured in the same process (with --progressive_resize_epochs, at each size
+the epochs trained at, weighted by the images trained at it). With several seeds it then prints the mean
 curve (per epoch, the seeds' mean seconds and mean accuracy); the JSON's seconds_to_85/90/93 are read
 off that curve: the mean training seconds of the first epoch whose seed-mean accuracy reaches the
 threshold (null where it never does). The last line is one JSON object.
@@ -105,12 +106,18 @@ def run_seed(seed: int, args) -> dict:
         result = train_model(model, normalize, data, train, data.tensors["test"], config, accelerator)
         history = result.state.history
         # Images trained on, as fit counts them (the resident loader drops each epoch's last partial batch).
-        loop = sum(h["train_images"] for h in history) / result.state.train_seconds
-        bare = bare_images_per_second(result.model, accelerator, config.train.per_device_train_batch_size,
-                                      tuple(train.images.shape[1:]), config, args.bare_steps)
+        images = sum(h["train_images"] for h in history)
+        # The bare model at each size the epochs trained at (--progressive_resize_epochs: some at a smaller one);
+        # its seconds for the same work are each epoch's images at its own size's rate.
+        channels = train.images.shape[1]
+        bare = {side: bare_images_per_second(result.model, accelerator, config.train.per_device_train_batch_size,
+                                             (channels, side, side), config, args.bare_steps)
+                for side in sorted({h["train_image_size"] for h in history})}
+        bare_seconds = sum(h["train_images"] / bare[h["train_image_size"]] for h in history)
         return {"seed": seed, "history": history, "train_images": len(train), "device": describe_hardware(accelerator),
-                "final_accuracy": history[-1]["eval_accuracy"], "images_per_second": loop,
-                "bare_images_per_second": bare, "efficiency": loop / bare,
+                "final_accuracy": history[-1]["eval_accuracy"], "images_per_second": images / result.state.train_seconds,
+                "bare_images_per_second": images / bare_seconds, "bare_by_size": bare,
+                "efficiency": bare_seconds / result.state.train_seconds,
                 **{f"seconds_to_{round(t * 100)}": seconds_to(history, t) for t in THRESHOLDS}}
 
 
@@ -146,8 +153,9 @@ def main() -> None:
         for h in r["history"]:
             print(f"  {h['epoch']:>5}  {h['seconds']:>13.1f}  {h['eval_accuracy']:>13.4f}")
         print("  " + "  ".join(f"to {round(t * 100)}%: {_fmt(r[f'seconds_to_{round(t * 100)}'])}" for t in THRESHOLDS))
+        sizes = ", ".join(f"{side}x{side}: {rate:.0f}" for side, rate in r["bare_by_size"].items())
         print(f"  final accuracy {r['final_accuracy']:.4f}; loop {r['images_per_second']:.0f} images/s; bare model "
-              f"{r['bare_images_per_second']:.0f} images/s; efficiency {r['efficiency']:.3f}")
+              f"{r['bare_images_per_second']:.0f} images/s ({sizes}); efficiency {r['efficiency']:.3f}")
 
     curve = mean_curve(runs)
     if args.seeds > 1:

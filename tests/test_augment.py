@@ -221,3 +221,13 @@ def test_augmentation_runs_on_the_gpu():
     mix = build_batch_mix(DataArguments(mixup_alpha=0.2, cutmix_alpha=1.0), 3)
     mixed, soft = mix(out, torch.randint(0, 3, (32,), device="cuda"))
     assert mixed.device.type == soft.device.type == "cuda"
+
+
+def test_train_size_downscales_training_batches_only():
+    x = pattern(4)                                              # 16x16
+    augment = augmenter(augment=False)
+    augment.train_size = 8                                      # what --progressive_resize_epochs sets per epoch
+    expected = F.interpolate(x.float() / 255, size=(8, 8), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(augment(x), Normalize(MEAN, STD)(expected))
+    augment.eval()                                              # evaluation always sees the full size
+    torch.testing.assert_close(augment(x), Normalize(MEAN, STD)(x))

@@ -15,6 +15,11 @@ def test_defaults_and_output_dir():
     assert (airbench_batch.learning_rate, airbench_batch.sgd_learning_rate) == (0.24, 1340.0)   # rates follow the batch
     assert parse_config(["--optimizer", "sgd"]).train.learning_rate == 0.2          # resolved per optimizer
     assert parse_config(["--optimizer", "adamw"]).train.learning_rate == 1e-3
+    # Progressive resizing: 5 of cnn-fast's 11 epochs, 5/11 of any other count (rounded down); none for the others.
+    epochs = {tuple(argv): (t.num_train_epochs, t.progressive_resize_epochs) for argv in
+              ([], ["--num_train_epochs", "20"], ["--num_train_epochs", "2"], ["--model", "cnn-basic"],
+               ["--max_train_steps", "100"]) for t in [parse_config(argv).train]}
+    assert list(epochs.values()) == [(11, 5), (20, 9), (2, 0), (10, 0), (11, 0)]
 
 
 def test_flags_reach_their_fields():
@@ -35,6 +40,9 @@ def test_flags_reach_their_fields():
     (["--per_device_train_batch_size", "0"], "per_device_train_batch_size"),
     (["--push_to_hub"], "hub_model_id"),
     (["--learing_rate", "0.1"], "learing_rate"),
+    (["--progressive_resize_epochs", "-1"], "progressive_resize_epochs"),
+    (["--progressive_resize_epochs", "3", "--num_train_epochs", "3"], "progressive_resize_epochs"),
+    (["--progressive_resize_size", "4"], "progressive_resize_size"),
 ])
 def test_invalid_values_name_the_flag(argv, flag):
     with pytest.raises(ConfigError) as info:

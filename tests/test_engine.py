@@ -232,6 +232,17 @@ def test_each_epoch_validates_on_one_view_unless_tta_each_epoch(tiny_image_folde
         assert ("Validation here scores one view per image" in card) is not each
 
 
+def test_progressive_resizing_trains_the_first_epoch_small_and_resumes_to_the_same_weights(tiny_image_folder, tmp_path):
+    extra = ["--progressive_resize_epochs", "1", "--progressive_resize_size", "12"]
+    results = run(parse_config(tiny_args(tiny_image_folder, tmp_path / "full", *extra)))
+    history = json.loads((tmp_path / "full" / "history.json").read_text())
+    assert [h["train_image_size"] for h in history] == [12, 16]       # then full size, as evaluated and saved
+    assert 0 <= results["test_accuracy"] <= 1
+    assert "first 1 epoch(s) at 12x12 px, then 16x16 px" in (tmp_path / "full" / "README.md").read_text()
+    # The resumed run must train epoch 2 at full size again.
+    assert_resumes_to_the_same_weights(tiny_image_folder, tmp_path / "full", tmp_path / "resumed", *extra)
+
+
 @pytest.mark.slow
 def test_real_mnist_one_epoch_on_a_few_thousand_images_reaches_95_percent(shared_datasets, tmp_path):
     results = run(parse_config([

@@ -316,6 +316,7 @@ def test_pretrained_input_size_is_the_weights_own_by_default(timm_weights_on_hub
     (["--model", "resnet-9000"], "model", "cnn-basic, cnn-fast, cnn-wide, or a timm architecture"),
     (["--model", "timm/resnet10t", "--widths", "8", "16"], "widths", "small-CNN presets"),
     (["--model", "timm/resnet10t", "--num_channels", "1"], "num_channels", "RGB"),
+    (["--model", "cnn-basic", "--progressive_resize_epochs", "2"], "progressive_resize_epochs", "fixed-size feature map"),
 ])
 def test_model_options_are_checked_before_loading(argv, flag, text):
     config = parse_config(["--dataset", "anything", *argv])

@@ -55,9 +55,10 @@ class Normalize(torch.nn.Module):
 class BatchAugment(torch.nn.Module):
     """Per-image random augmentation of a uint8 batch, then normalization.
 
-    forward(uint8 (B, C, H, W)) -> float32 (B, C, H, W) normalized. In eval mode, or with
-    --augment false, it only normalizes. `augment` returns the augmented batch in [0, 1] before
-    normalization (the exploration preview uses it).
+    forward(uint8 (B, C, H, W)) -> float32 (B, C, H, W) normalized; in training while `train_size` S is set
+    (--progressive_resize_epochs), (B, C, S, S). In eval mode, or with --augment false, it only normalizes
+    (and downscales). `augment` returns the augmented batch in [0, 1] before normalization (the exploration
+    preview uses it).
     """
 
     def __init__(self, args: DataArguments, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float]):
@@ -72,6 +73,7 @@ class BatchAugment(torch.nn.Module):
         self.jitter = float(args.color_jitter)
         self.erasing = float(args.random_erasing)
         self.normalize = Normalize(mean, std)
+        self.train_size: Optional[int] = None     # side in pixels training batches are downscaled to; None: as given
         self.policy: Optional[torch.nn.Module] = None
         if args.auto_augment != "none":
             from torchvision.transforms import v2
@@ -79,9 +81,14 @@ class BatchAugment(torch.nn.Module):
             self.policy = v2.RandAugment() if args.auto_augment == "randaugment" else v2.TrivialAugmentWide()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and self.enabled):
+        if not self.training:
             return self.normalize(x)
-        return self.normalize(self.augment(x))
+        x = self.augment(x)                      # [0, 1] floats (only converted with --augment false)
+        if self.train_size is not None and self.train_size != x.shape[-1]:
+            # Progressive resizing (set per epoch by the training loop): the whole image, at a lower resolution.
+            x = F.interpolate(x, size=(self.train_size, self.train_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return self.normalize(x)
 
     @torch.no_grad()
     def augment(self, x: torch.Tensor) -> torch.Tensor:

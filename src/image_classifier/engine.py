@@ -457,6 +457,7 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
     tta = resolve_tta(args, augment)
     epoch_tta = tta if args.tta_each_epoch else "none"     # 6 views cost 6 forward passes per image
 
+    side = train_set[0][0].shape[-1]      # training images are square, `side` pixels
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     if args.max_train_steps:
         max_steps = args.max_train_steps
@@ -495,6 +496,7 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
             epoch_loader = (train_loader.skip_first_batches(state.step_in_epoch) if isinstance(train_loader, ResidentBatches)
                             else accelerator.skip_first_batches(train_loader, state.step_in_epoch))
         epoch_loader.set_epoch(state.epoch)    # the shuffle order of this epoch: seed + epoch
+        augment.train_size = progressive_size(args, state.epoch, side)
         if accelerator.num_processes == 1:      # DDP fixes the set of trained parameters when it wraps the model
             train_stem_bias(unwrapped, state.epoch < args.whiten_bias_epochs)
         frozen = state.epoch < config.model.freeze_backbone_epochs
@@ -513,7 +515,8 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         if lookahead is not None:
             lookahead.finish_epoch()
         record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"],
-                  "train_images": int(sums["seen"])}     # images trained on this epoch, all processes
+                  "train_images": int(sums["seen"]),     # images trained on this epoch, all processes
+                  "train_image_size": augment.train_size or side}      # pixels (--progressive_resize_epochs)
         logits, labels = predict(evaluated, eval_loader, normalize, accelerator, epoch_tta)
         metrics = evaluate_fn(logits, labels)
         state.epoch += 1
@@ -539,10 +542,18 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         if stop and stop.requested(accelerator):   # signalled during evaluation or the save: resume from this one
             raise TrainingInterrupted(stop.agreed, checkpoint)
 
+    augment.train_size = None
     if state.best_weights is not None:
         unwrapped.load_state_dict(state.best_weights)
     accelerator.wait_for_everyone()
     return FitResult(state=state, model=model, tta=tta)
+
+
+def progressive_size(args: TrainingArguments, epoch: int, side: int) -> Optional[int]:
+    """The side training images of `epoch` (0-based) are downscaled to under --progressive_resize_epochs, else None."""
+    if epoch >= args.progressive_resize_epochs:
+        return None
+    return args.progressive_resize_size or round(0.75 * side)
 
 
 def resolve_tta(args: TrainingArguments, augment) -> str:

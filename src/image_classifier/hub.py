@@ -176,7 +176,7 @@ TTA_NAMES = {"none": None, "flip": "the image and its mirror",
              "flip_translate": "the image, its mirror and both shifted by one pixel"}
 
 
-def _hyperparameters(training: dict, metrics: dict) -> list[tuple[str, str]]:
+def _hyperparameters(training: dict, metrics: dict, history: list[dict]) -> list[tuple[str, str]]:
     optimizer = training.get("optimizer")
     skip = set()
     if optimizer not in ("sgd", "muon"):
@@ -195,6 +195,12 @@ def _hyperparameters(training: dict, metrics: dict) -> list[tuple[str, str]]:
         if key in skip or value is None or (key in ("mixup_alpha", "cutmix_alpha", "max_grad_norm", "ema_decay", "lookahead") and not value):
             continue
         rows.append((label, f"`{value}`"))
+    # --progressive_resize_epochs: history.json holds each epoch's training image side.
+    sides = [h.get("train_image_size") for h in history]
+    small = [side for side in sides if side is not None and side != sides[-1]]
+    if small:
+        rows.append(("Progressive resizing", f"first {len(small)} epoch(s) at {small[0]}x{small[0]} px, "
+                                             f"then {sides[-1]}x{sides[-1]} px"))
     batch = training.get("per_device_train_batch_size")
     if batch:
         effective = batch * (metrics.get("num_processes") or 1) * (training.get("gradient_accumulation_steps") or 1)
@@ -324,7 +330,7 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
         "processor_type": processor.get("image_processor_type"),
         "preprocessing": ", ".join(steps),
         "augmentation": data.get("augmentation") or [],
-        "hyperparameters": _hyperparameters(training, metrics),
+        "hyperparameters": _hyperparameters(training, metrics, history),
         "training_config_json": json.dumps(training, indent=2) if training else None,
         "overall": overall,
         "per_class": per_class,

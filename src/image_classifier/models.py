@@ -532,6 +532,10 @@ def prepare_model_config(config) -> list[str]:
             if value:
                 raise ConfigError(flag, f"applies to timm models only (--model timm/NAME); {m.model} is a small "
                                         "CNN trained from scratch")
+        if PRESETS[m.model]["global_pool"] == "flatten" and config.train.progressive_resize_epochs:
+            raise ConfigError("progressive_resize_epochs", f"needs a model that takes any input size: {m.model} "
+                                                           "flattens a fixed-size feature map; use cnn-fast, "
+                                                           "cnn-wide or a timm model, or drop the flag")
         return []
     notes = []
     unknown = sorted(set(m.overrides()) - set(_TIMM_OVERRIDES))

@@ -124,8 +124,16 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     axes[2].set_title("Learning rate")
     axes[2].set_xlabel("epoch")
     axes[2].grid(alpha=0.3)
+    # --progressive_resize_epochs: shade the epochs trained on downscaled images (validation runs at full size).
+    sides = [h.get("train_image_size") for h in history]
+    small = [e for e, side in zip(epochs, sides) if side is not None and side != sides[-1]]
     for ax in axes:
         ax.set_xlim(0 if per_step else min(epochs, default=1) - 0.5, max(epochs, default=1) + 0.5)
+        if small:
+            ax.axvspan(min(small) - 1, max(small), color="0.9", zorder=0,
+                       label=f"trained at {sides[0]}x{sides[0]}" if ax is axes[1] else None)
+    if small:
+        axes[1].legend()
     _save(fig, path)
 
 
