@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from image_classifier import runner
 from image_classifier.augment import BatchAugment
-from image_classifier.config import ConfigError, parse_config
+from image_classifier.config import ConfigError, parse_config, save_config
 from image_classifier.engine import _sync_batchnorm, find_checkpoint
 from image_classifier.interrupt import StopOnSignal, TrainingInterrupted, resume_command
 from image_classifier.runner import check_output_dir, clear_output_dir, run
@@ -325,6 +325,13 @@ def test_half_written_checkpoints_are_ignored_and_old_runs_are_not_mixed_in(tmp_
         check_output_dir(config)
     check_output_dir(parse_config(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"]))
     check_output_dir(parse_config(["--output_dir", str(tmp_path), "--overwrite_output_dir"]))
+    # A resume that would build another net than the one saved (the default model follows the device) is refused.
+    save_config(parse_config(["--output_dir", str(tmp_path), "--model", "cnn-wide"]), tmp_path / "training_config.json")
+    with pytest.raises(ConfigError, match="trains cnn-wide, not cnn-basic.*--model cnn-wide to resume"):
+        check_output_dir(parse_config(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest",
+                                       "--model", "cnn-basic"]))
+    check_output_dir(parse_config(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest",
+                                   "--model", "cnn-wide"]))
     (tmp_path / "metrics.json").write_text("{}")
     clear_output_dir(tmp_path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, TrainingArguments
+from .config import Config, ConfigError, TrainingArguments, training_on_cuda
 from .interrupt import StopOnSignal, TrainingInterrupted
 from .models import classifier_module, freeze_backbone, parameter_groups, train_stem_bias
 from .optim import Muon
@@ -84,7 +84,7 @@ def default_precision(requested: Optional[str]) -> Optional[str]:
     """--mixed_precision, else `accelerate launch`/config's choice, else bf16 on a GPU that has it, else none."""
     if requested is not None or "ACCELERATE_MIXED_PRECISION" in os.environ:
         return requested
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    return "bf16" if training_on_cuda() and torch.cuda.is_bf16_supported() else None
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: Optional[float] = None,
