@@ -29,16 +29,19 @@ def test_defaults_and_output_dir(no_gpu):
     assert list(epochs.values()) == [(11, 5), (20, 9), (2, 0), (10, 0), (11, 0)]
 
 
-def test_default_model_follows_the_training_device(monkeypatch):
+def test_gpu_defaults_follow_the_training_device(monkeypatch):
     # No GPU here: `torch.cuda.is_available` stands in for one. The device run behind README's GPU figures
-    # checked the real thing (cnn-wide reached 90 % sooner than cnn-fast on an H200).
+    # checked the real thing (cnn-wide, and batch 2000, reached 90 % sooner on an H200).
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     config = parse_config([])
     assert config.model.model == "cnn-wide" and config.train.output_dir == "outputs/cifar10-cnn-wide"
-    assert config.train.optimizer == "muon" and config.train.num_train_epochs == 11     # the same airbench recipe
+    assert config.train.optimizer == "muon" and config.train.num_train_epochs == 11     # airbench's recipe at its batch
+    assert (config.train.per_device_train_batch_size, config.train.learning_rate, config.train.sgd_learning_rate) == \
+        (2000, 0.24, 1340.0)
     assert parse_config(["--model", "cnn-fast"]).model.model == "cnn-fast"              # a named model stays
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")                                       # Accelerate told to use the CPU
-    assert parse_config([]).model.model == "cnn-fast"
+    cpu = parse_config([])
+    assert (cpu.model.model, cpu.train.per_device_train_batch_size) == ("cnn-fast", 1000)
 
 
 def test_flags_reach_their_fields():
