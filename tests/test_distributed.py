@@ -325,13 +325,16 @@ def test_half_written_checkpoints_are_ignored_and_old_runs_are_not_mixed_in(tmp_
         check_output_dir(config)
     check_output_dir(parse_config(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"]))
     check_output_dir(parse_config(["--output_dir", str(tmp_path), "--overwrite_output_dir"]))
-    # A resume that would build another net than the one saved (the default model follows the device) is refused.
-    save_config(parse_config(["--output_dir", str(tmp_path), "--model", "cnn-wide"]), tmp_path / "training_config.json")
-    with pytest.raises(ConfigError, match="trains cnn-wide, not cnn-basic.*--model cnn-wide to resume"):
-        check_output_dir(parse_config(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest",
-                                       "--model", "cnn-basic"]))
-    check_output_dir(parse_config(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest",
-                                   "--model", "cnn-wide"]))
+    # A resume with another net or batch than the saved run's (their defaults follow the device) is refused.
+    saved = parse_config(["--output_dir", str(tmp_path), "--model", "cnn-wide", "--per_device_train_batch_size", "1000"])
+    save_config(saved, tmp_path / "training_config.json")
+    resume = ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"]
+    with pytest.raises(ConfigError, match="--model cnn-wide, not cnn-basic.*Pass --model cnn-wide to resume"):
+        check_output_dir(parse_config([*resume, "--model", "cnn-basic"]))
+    with pytest.raises(ConfigError, match="--per_device_train_batch_size 1000, not 2000.*"
+                                          "Pass --per_device_train_batch_size 1000 to resume"):
+        check_output_dir(parse_config([*resume, "--model", "cnn-wide", "--per_device_train_batch_size", "2000"]))
+    check_output_dir(parse_config([*resume, "--model", "cnn-wide", "--per_device_train_batch_size", "1000"]))
     (tmp_path / "metrics.json").write_text("{}")
     clear_output_dir(tmp_path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()

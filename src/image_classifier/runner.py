@@ -45,14 +45,16 @@ def check_output_dir(config: Config) -> None:
         raise ConfigError("output_dir", f"{out} holds checkpoints of an unfinished run (newest: {checkpoints[-1].name}). "
                                         "Pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to "
                                         "start over, or choose another --output_dir.")
-    # The default --model follows the device, so a run resumed on other hardware could build another net.
+    # The default net and batch follow the device, so a run resumed on other hardware could change them.
     saved = out / "training_config.json"
     if config.train.resume_from_checkpoint and not config.train.overwrite_output_dir and saved.is_file():
-        trained = json.loads(saved.read_text(encoding="utf-8")).get("model")
-        if trained and trained != config.model.model:
-            raise ConfigError("model", f"the run in {out} trains {trained}, not {config.model.model} (the default model "
-                                       f"follows the device: cnn-wide on a CUDA GPU, cnn-fast otherwise). Pass --model "
-                                       f"{trained} to resume it.")
+        trained = json.loads(saved.read_text(encoding="utf-8"))
+        now = {"model": config.model.model, "per_device_train_batch_size": config.train.per_device_train_batch_size}
+        for flag, value in now.items():
+            if trained.get(flag) not in (None, value):
+                raise ConfigError(flag, f"the run in {out} trains with --{flag} {trained[flag]}, not {value} (the "
+                                        "defaults of --model and --per_device_train_batch_size follow the device: "
+                                        f"a CUDA GPU or not). Pass --{flag} {trained[flag]} to resume it.")
 
 
 def clear_output_dir(out: Path) -> None:
