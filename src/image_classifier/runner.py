@@ -6,7 +6,6 @@ runs this; only the main process writes files or pushes.
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from . import data as data_stage
 from . import engine, metrics, models, plots
 from .augment import BatchAugment, Normalize, build_batch_mix
 from .config import Config, ConfigError, save_config
-from .files import atomic_path, replace_dir, write_json, write_text
+from .files import atomic_path, read_json, replace_dir, write_json, write_text
 from .interrupt import StopOnSignal
 
 __all__ = ["run", "build_model", "train_model", "check_output_dir", "clear_output_dir", "describe_hardware"]
@@ -48,7 +47,7 @@ def check_output_dir(config: Config) -> None:
     # The default net and batch follow the device, so a run resumed on other hardware could change them.
     saved = out / "training_config.json"
     if config.train.resume_from_checkpoint and not config.train.overwrite_output_dir and saved.is_file():
-        trained = json.loads(saved.read_text(encoding="utf-8"))
+        trained = read_json(saved)
         now = {"model": config.model.model, "per_device_train_batch_size": config.train.per_device_train_batch_size}
         for flag, value in now.items():
             if trained.get(flag) not in (None, value):
