@@ -15,11 +15,12 @@ Printed per seed: each epoch's cumulative training seconds and test accuracy, th
 which 85%, 90% and 93% were first reached, the final accuracy, the training loop's images/s, and the
 pipeline efficiency = loop images/s / bare images/s, where "bare" is the same model (same memory
 format, precision and compile setting) doing forward + backward + optimizer step on random tensors
-of the same batch size, measured in the same process (with --progressive_resize_epochs, at each size
-the epochs trained at, weighted by the images trained at it). With several seeds it then prints the mean
-curve (per epoch, the seeds' mean seconds and mean accuracy); the JSON's seconds_to_85/90/93 are read
-off that curve: the mean training seconds of the first epoch whose seed-mean accuracy reaches the
-threshold (null where it never does). The last line is one JSON object.
+of the same batch size, measured in the same process over at least --bare_steps steps and --bare_seconds
+(with --progressive_resize_epochs, at each size the epochs trained at, weighted by the images trained at
+it). With several seeds it then prints the mean curve (per epoch, the seeds' mean seconds and mean
+accuracy); the JSON's seconds_to_85/90/93 are read off that curve: the mean training seconds of the
+first epoch whose seed-mean accuracy reaches the threshold (null where it never does). The last line
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def parse_args():
     p.add_argument("--full_train", action="store_true",
                    help="train on all of the train split (CIFAR-10: 50k), as airbench does, adding the validation "
                         "part train.py holds out (5k) and the bench never scores; default: train.py's 45k")
-    p.add_argument("--bare_steps", type=int, default=20, help="timed steps of the bare model (after 3 warm-up)")
+    p.add_argument("--bare_steps", type=int, default=20,
+                   help="timed steps of the bare model, at least (after 3 warm-up)")
+    p.add_argument("--bare_seconds", type=float, default=2.0,
+                   help="seconds the bare model is timed for, at least (on a GPU 20 steps take a fraction of one)")
     p.add_argument("train_flags", nargs="*", help="train.py flags after `--`, e.g. -- --num_train_epochs 12")
     return p.parse_args()
 
@@ -65,23 +69,37 @@ def seconds_to(history: list[dict], threshold: float) -> float | None:
 
 
 def bare_images_per_second(model, accelerator, batch_size: int, image_shape: tuple[int, ...], config,
-                           steps: int) -> float:
-    """Forward + backward + optimizer step of the prepared model on random tensors (no data, no augmentation)."""
+                           steps: int, min_seconds: float = 0.0) -> dict:
+    """Forward + backward + optimizer step of the prepared model on random tensors (no data, no augmentation).
+
+    Timed over at least `steps` steps (after 3 warm-up ones) and at least `min_seconds`: a GPU step takes
+    milliseconds, so a fixed count of steps would time only a fraction of a second there. Returns
+    images_per_second with the steps and seconds it was measured over.
+    """
     optimizer = accelerator.prepare(engine.build_optimizer(model, config.train))
     x = torch.randn(batch_size, *image_shape, device=accelerator.device)
     y = torch.randint(0, model.config.num_labels, (batch_size,), device=accelerator.device)
     model.train()
-    for i in range(3 + steps):
-        if i == 3:
-            _synchronize(accelerator)
-            started = time.perf_counter()
+
+    def step() -> None:
         with accelerator.autocast():
             loss = F.cross_entropy(model(pixel_values=x).logits.float(), y)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
     _synchronize(accelerator)
-    return steps * batch_size / (time.perf_counter() - started)
+    started, done = time.perf_counter(), 0
+    # Without a sync per step the clock reads the GPU's queue, not its work; the final sync drains it, so the
+    # rate is exact and the run lasts about min_seconds plus the queue.
+    while done < steps or time.perf_counter() - started < min_seconds:
+        step()
+        done += 1
+    _synchronize(accelerator)
+    seconds = time.perf_counter() - started
+    return {"images_per_second": done * batch_size / seconds, "steps": done, "seconds": seconds}
 
 
 def _synchronize(accelerator) -> None:
@@ -111,9 +129,9 @@ def run_seed(seed: int, args) -> dict:
         # its seconds for the same work are each epoch's images at its own size's rate.
         channels = train.images.shape[1]
         bare = {side: bare_images_per_second(result.model, accelerator, config.train.per_device_train_batch_size,
-                                             (channels, side, side), config, args.bare_steps)
+                                             (channels, side, side), config, args.bare_steps, args.bare_seconds)
                 for side in sorted({h["train_image_size"] for h in history})}
-        bare_seconds = sum(h["train_images"] / bare[h["train_image_size"]] for h in history)
+        bare_seconds = sum(h["train_images"] / bare[h["train_image_size"]]["images_per_second"] for h in history)
         return {"seed": seed, "history": history, "train_images": len(train), "device": describe_hardware(accelerator),
                 "final_accuracy": history[-1]["eval_accuracy"], "images_per_second": images / result.state.train_seconds,
                 "bare_images_per_second": images / bare_seconds, "bare_by_size": bare,
@@ -153,7 +171,8 @@ def main() -> None:
         for h in r["history"]:
             print(f"  {h['epoch']:>5}  {h['seconds']:>13.1f}  {h['eval_accuracy']:>13.4f}")
         print("  " + "  ".join(f"to {round(t * 100)}%: {_fmt(r[f'seconds_to_{round(t * 100)}'])}" for t in THRESHOLDS))
-        sizes = ", ".join(f"{side}x{side}: {rate:.0f}" for side, rate in r["bare_by_size"].items())
+        sizes = ", ".join(f"{side}x{side}: {b['images_per_second']:.0f} over {b['steps']} steps, {b['seconds']:.1f} s"
+                          for side, b in r["bare_by_size"].items())
         print(f"  final accuracy {r['final_accuracy']:.4f}; loop {r['images_per_second']:.0f} images/s; bare model "
               f"{r['bare_images_per_second']:.0f} images/s ({sizes}); efficiency {r['efficiency']:.3f}")
 

@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "time_to_accuracy.py"
 def test_time_to_accuracy_prints_the_mean_curve_and_one_json_line(tiny_image_folder, tmp_path):
     flags = tiny_flags(tmp_path / "cache")
     done = subprocess.run([sys.executable, str(BENCH), "--dataset", str(tiny_image_folder), "--seeds", "2",
-                           "--bare_steps", "2", "--", *flags], capture_output=True, text=True, timeout=600)
+                           "--bare_steps", "2", "--bare_seconds", "0", "--", *flags], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
@@ -51,8 +51,14 @@ def test_the_bench_trains_as_train_py_does(tiny_image_folder, tmp_path):
     spec = importlib.util.spec_from_file_location("time_to_accuracy", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = argparse.Namespace(dataset=str(tiny_image_folder), full_train=False, bare_steps=1, train_flags=flags)
-    benched = bench.run_seed(1, args)["history"]
+    args = argparse.Namespace(dataset=str(tiny_image_folder), full_train=False, bare_steps=1, bare_seconds=0.5,
+                              train_flags=flags)
+    result = bench.run_seed(1, args)
+    benched = result["history"]
     assert [h["train_images"] for h in benched] == [h["train_images"] for h in trained]
     for key in ("train_loss", "train_accuracy"):
         assert [h[key] for h in benched] == [h[key] for h in trained], key
+    # The bare model is timed for --bare_seconds even where --bare_steps (1 tiny step here) takes far less.
+    bare = result["bare_by_size"][16]
+    assert bare["seconds"] >= 0.5 and bare["steps"] > 1
+    assert abs(bare["images_per_second"] - bare["steps"] * 16 / bare["seconds"]) < 1e-6
