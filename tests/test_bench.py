@@ -23,7 +23,7 @@ def test_time_to_accuracy_prints_the_mean_curve_and_one_json_line(tiny_image_fol
     lines = done.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert set(summary) >= {"seconds_to_85", "seconds_to_90", "seconds_to_93", "final_accuracy",
-                            "images_per_second", "efficiency", "device"}
+                            "images_per_second", "efficiency", "efficiency_after_epoch_1", "device"}
     assert summary["seeds"] == 2 and summary["device"].startswith("1x CPU")
     assert 0 <= summary["final_accuracy"] <= 1 and summary["images_per_second"] > 0 and summary["efficiency"] > 0
     assert "seed 0 on" in done.stdout and "seed 1 on" in done.stdout and "mean of 2 seeds:" in done.stdout
@@ -62,3 +62,9 @@ def test_the_bench_trains_as_train_py_does(tiny_image_folder, tmp_path):
     bare = result["bare_by_size"][16]
     assert bare["seconds"] >= 0.5 and bare["steps"] > 1
     assert abs(bare["images_per_second"] - bare["steps"] * 16 / bare["seconds"]) < 1e-6
+    # Without epoch 1 (and its one-time start-up): the bare model's seconds for epoch 2's images over epoch 2's seconds.
+    # history.json rounds the cumulative seconds to 0.01 s, hence the bounds.
+    bare_seconds = benched[1]["train_images"] / bare["images_per_second"]
+    seconds = benched[1]["seconds"] - benched[0]["seconds"]
+    assert len(benched) == 2 and \
+        bare_seconds / (seconds + 0.011) <= result["efficiency_after_epoch_1"] <= bare_seconds / max(seconds - 0.011, 1e-9)

@@ -38,10 +38,12 @@ def test_gpu_defaults_follow_the_training_device(monkeypatch):
     assert config.train.optimizer == "muon" and config.train.num_train_epochs == 11     # airbench's recipe at its batch
     assert (config.train.per_device_train_batch_size, config.train.learning_rate, config.train.sgd_learning_rate) == \
         (2000, 0.24, 1340.0)
+    assert config.train.progressive_resize_epochs == 0                                  # 24x24 ran no faster there
     assert parse_config(["--model", "cnn-fast"]).model.model == "cnn-fast"              # a named model stays
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")                                       # Accelerate told to use the CPU
     cpu = parse_config([])
-    assert (cpu.model.model, cpu.train.per_device_train_batch_size) == ("cnn-fast", 1000)
+    assert (cpu.model.model, cpu.train.per_device_train_batch_size, cpu.train.progressive_resize_epochs) == \
+        ("cnn-fast", 1000, 5)
 
 
 def test_flags_reach_their_fields():

@@ -247,7 +247,7 @@ class TrainingArguments:
     seed: int = field(default=42, metadata={"help": "Random seed for model initialisation, splits and data order."})
     num_train_epochs: Optional[float] = field(
         default=None, metadata={"help": "Training epochs (passes over the train split). Default: 11 for cnn-fast/"
-                                        "cnn-wide (the first 5 at 3/4 size, see --progressive_resize_epochs), 10 "
+                                        "cnn-wide (on a CPU the first 5 at 3/4 size, see --progressive_resize_epochs), 10 "
                                         "otherwise."}
     )
     max_train_steps: Optional[int] = field(
@@ -353,8 +353,9 @@ class TrainingArguments:
         default=None, metadata={"help": "Train the first N epochs on images downscaled to --progressive_resize_size "
                                         "(progressive resizing: a 24x24 step of cnn-fast costs half a 32x32 one); the "
                                         "later epochs, evaluation and the saved model use the full size. 0 disables. "
-                                        "Default: 5/11 of --num_train_epochs, rounded down, for cnn-fast/cnn-wide (5 "
-                                        "of their default 11); 0 otherwise and with --max_train_steps."}
+                                        "Default on a CPU: 5/11 of --num_train_epochs, rounded down, for cnn-fast/cnn-wide "
+                                        "(5 of their default 11); 0 on a CUDA GPU (its steps are launch-bound: small "
+                                        "images run no faster there), for other models and with --max_train_steps."}
     )
     progressive_resize_size: Optional[int] = field(
         default=None, metadata={"help": "Side in pixels of the downscaled training images of --progressive_resize_epochs "
@@ -429,9 +430,11 @@ class TrainingArguments:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.progressive_resize_epochs is None:
-            # Measured on CIFAR-10 (README, Speed): 5 of 11 epochs at 24x24 reach 90 % sooner than 10 at 32x32.
+            # Measured on CIFAR-10 (README, Speed). On a CPU 5 of 11 epochs at 24x24 reach 90 % sooner than 10 at
+            # 32x32: a small step costs half a full one. On a CUDA GPU a batch-2000 step is bound by kernel
+            # launches, not arithmetic (an H200 ran 24x24 no faster than 32x32), so small epochs only cost accuracy.
             self.progressive_resize_epochs = int(self.num_train_epochs * 5 // 11) \
-                if airbench and self.max_train_steps is None else 0
+                if airbench and self.max_train_steps is None and not training_on_cuda() else 0
         _require(self.max_train_steps is not None or self.progressive_resize_epochs < self.num_train_epochs,
                  "progressive_resize_epochs", f"must be fewer than --num_train_epochs ({self.num_train_epochs:g}): the "
                                               "last epochs train at the full size the model is evaluated and served at")
