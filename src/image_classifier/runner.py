@@ -44,16 +44,19 @@ def check_output_dir(config: Config) -> None:
         raise ConfigError("output_dir", f"{out} holds checkpoints of an unfinished run (newest: {checkpoints[-1].name}). "
                                         "Pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to "
                                         "start over, or choose another --output_dir.")
-    # The default net and batch follow the device, so a run resumed on other hardware could change them.
+    # The default net, batch and resizing schedule follow the device, so a run resumed on other hardware could
+    # change them.
     saved = out / "training_config.json"
     if config.train.resume_from_checkpoint and not config.train.overwrite_output_dir and saved.is_file():
         trained = read_json(saved)
-        now = {"model": config.model.model, "per_device_train_batch_size": config.train.per_device_train_batch_size}
+        now = {"model": config.model.model, "per_device_train_batch_size": config.train.per_device_train_batch_size,
+               "progressive_resize_epochs": config.train.progressive_resize_epochs}
         for flag, value in now.items():
             if trained.get(flag) not in (None, value):
                 raise ConfigError(flag, f"the run in {out} trains with --{flag} {trained[flag]}, not {value} (the "
-                                        "defaults of --model and --per_device_train_batch_size follow the device: "
-                                        f"a CUDA GPU or not). Pass --{flag} {trained[flag]} to resume it.")
+                                        "defaults of --model, --per_device_train_batch_size and "
+                                        "--progressive_resize_epochs follow the device: a CUDA GPU or not). "
+                                        f"Pass --{flag} {trained[flag]} to resume it.")
 
 
 def clear_output_dir(out: Path) -> None:
