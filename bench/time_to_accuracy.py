@@ -17,11 +17,11 @@ pipeline efficiency = loop images/s / bare images/s, where "bare" is the same mo
 format, precision and compile setting) doing forward + backward + optimizer step on random tensors
 of the same batch size, measured in the same process over at least --bare_steps steps and --bare_seconds
 (with --progressive_resize_epochs, at each size the epochs trained at, weighted by the images trained at
-it), and the same ratio without epoch 1, whose seconds also carry the device's one-time start-up that the bare
-model's warm-up steps leave out (on a GPU, where an epoch lasts 0.2 s, most of the gap). With several seeds it then prints the mean curve (per epoch, the seeds' mean seconds and mean
-accuracy); the JSON's seconds_to_85/90/93 are read off that curve: the mean training seconds of the
-first epoch whose seed-mean accuracy reaches the threshold (null where it never does). The last line
-is one JSON object.
+it), and the same ratio without epoch 1, whose seconds also carry the device's one-time start-up that the
+bare model's warm-up steps leave out (on a GPU, where an epoch lasts 0.2 s, most of the gap). With several
+seeds it then prints the mean curve (per epoch, the seeds' mean seconds and mean accuracy); the JSON's
+seconds_to_85/90/93 are read off that curve: the mean training seconds of the first epoch whose seed-mean
+accuracy reaches the threshold (null where it never does). The last line is one JSON object.
 """
 
 from __future__ import annotations
