@@ -326,8 +326,9 @@ def test_half_written_checkpoints_are_ignored_and_old_runs_are_not_mixed_in(tmp_
     check_output_dir(parse_config(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"]))
     check_output_dir(parse_config(["--output_dir", str(tmp_path), "--overwrite_output_dir"]))
     # A resume with another net, batch or resizing schedule than the saved run's (their defaults follow the
-    # device) is refused.
-    saved = parse_config(["--output_dir", str(tmp_path), "--model", "cnn-wide", "--per_device_train_batch_size", "1000"])
+    # device) is refused. All three are spelled out, so the test means the same on a GPU machine.
+    wide = ["--model", "cnn-wide", "--per_device_train_batch_size", "1000"]
+    saved = parse_config(["--output_dir", str(tmp_path), *wide, "--progressive_resize_epochs", "5"])
     save_config(saved, tmp_path / "training_config.json")
     resume = ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"]
     with pytest.raises(ConfigError, match="--model cnn-wide, not cnn-basic.*Pass --model cnn-wide to resume"):
@@ -335,11 +336,10 @@ def test_half_written_checkpoints_are_ignored_and_old_runs_are_not_mixed_in(tmp_
     with pytest.raises(ConfigError, match="--per_device_train_batch_size 1000, not 2000.*"
                                           "Pass --per_device_train_batch_size 1000 to resume"):
         check_output_dir(parse_config([*resume, "--model", "cnn-wide", "--per_device_train_batch_size", "2000"]))
-    wide = [*resume, "--model", "cnn-wide", "--per_device_train_batch_size", "1000"]
     with pytest.raises(ConfigError, match="--progressive_resize_epochs 5, not 0.*"   # 0: a GPU's default
                                           "Pass --progressive_resize_epochs 5 to resume"):
-        check_output_dir(parse_config([*wide, "--progressive_resize_epochs", "0"]))
-    check_output_dir(parse_config(wide))
+        check_output_dir(parse_config([*resume, *wide, "--progressive_resize_epochs", "0"]))
+    check_output_dir(parse_config([*resume, *wide, "--progressive_resize_epochs", "5"]))
     (tmp_path / "metrics.json").write_text("{}")
     clear_output_dir(tmp_path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
