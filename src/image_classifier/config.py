@@ -421,8 +421,8 @@ class TrainingArguments:
         cnn-fast and cnn-wide get airbench94_muon's recipe (their 1/width-scaled logits are what its SGD
         rates are tuned for); every other model the SGD one-cycle recipe.
         """
-        airbench = model in AIRBENCH_MODELS
-        recipe = dict(optimizer="muon", per_device_train_batch_size=2000 if training_on_cuda() else 1000,
+        airbench, cuda = model in AIRBENCH_MODELS, training_on_cuda()
+        recipe = dict(optimizer="muon", per_device_train_batch_size=2000 if cuda else 1000,
                       lr_scheduler_type="linear", warmup_ratio=0.0, num_train_epochs=11.0) \
             if airbench else dict(optimizer="sgd", per_device_train_batch_size=256, lr_scheduler_type="onecycle",
                                   warmup_ratio=0.2, num_train_epochs=10.0)
@@ -434,7 +434,7 @@ class TrainingArguments:
             # 32x32: a small step costs half a full one. On a CUDA GPU a batch-2000 step is bound by kernel
             # launches, not arithmetic (an H200 ran 24x24 no faster than 32x32), so small epochs only cost accuracy.
             self.progressive_resize_epochs = int(self.num_train_epochs * 5 // 11) \
-                if airbench and self.max_train_steps is None and not training_on_cuda() else 0
+                if airbench and self.max_train_steps is None and not cuda else 0
         _require(self.max_train_steps is not None or self.progressive_resize_epochs < self.num_train_epochs,
                  "progressive_resize_epochs", f"must be fewer than --num_train_epochs ({self.num_train_epochs:g}): the "
                                               "last epochs train at the full size the model is evaluated and served at")
