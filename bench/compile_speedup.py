@@ -1,10 +1,12 @@
 """Does `--torch_compile` pay here? Training-step images/s of a preset, eager vs torch.compile. Prints; never asserts.
 
     python bench/compile_speedup.py                      # cnn-fast, batch 256, 32x32 RGB, on CPU or the GPU
-    python bench/compile_speedup.py --model cnn-wide --batch_size 512
+    python bench/compile_speedup.py --model cnn-wide --batch_size 1000
 
-One step = forward + backward + SGD step on random tensors (channels_last), as in training; the
-first compiled step includes compiling, printed apart.
+One step = forward + backward + SGD step on random tensors (channels_last), as in training, under bf16
+autocast on a GPU that has it (training's default precision there). The first compiled step includes
+compiling, printed apart. Each variant is timed over at least --steps steps and --min_seconds: a GPU step
+lasts milliseconds, so a fixed handful of steps would time a small fraction of a second there.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from image_classifier.models import create_model  # noqa: E402
 
 
-def measure(name: str, batch_size: int, steps: int, compiled: bool, device: torch.device) -> tuple[float, float]:
-    """(seconds of the first step, images/s over `steps` steps after 2 more warm-up steps)."""
+def measure(name: str, batch_size: int, steps: int, min_seconds: float, compiled: bool, device: torch.device,
+            bf16: bool) -> dict:
+    """Seconds of the first step, then images/s over >= `steps` steps and >= `min_seconds` after 2 warm-up steps."""
     torch.manual_seed(0)
     model = create_model(name, class_names=[str(i) for i in range(10)], num_channels=3, image_size=32)
     model = model.to(device, memory_format=torch.channels_last)
@@ -33,38 +36,53 @@ def measure(name: str, batch_size: int, steps: int, compiled: bool, device: torc
     y = torch.randint(0, 10, (batch_size,), device=device)
 
     def step() -> None:
-        F.cross_entropy(forward(pixel_values=x).logits.float(), y).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(forward(pixel_values=x).logits.float(), y)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def synchronize() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     started = time.perf_counter()
     step()
+    synchronize()
     first = time.perf_counter() - started
     for _ in range(2):
         step()
-    started = time.perf_counter()
-    for _ in range(steps):
+    synchronize()
+    # No sync per step (that would time the launch queue running dry); the last sync drains the queue.
+    started, done = time.perf_counter(), 0
+    while done < steps or time.perf_counter() - started < min_seconds:
         step()
-    return first, steps * batch_size / (time.perf_counter() - started)
+        done += 1
+    synchronize()
+    seconds = time.perf_counter() - started
+    return {"first_step_seconds": first, "images_per_second": done * batch_size / seconds, "steps": done,
+            "seconds": seconds}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cnn-fast", help="small-CNN preset")
     p.add_argument("--batch_size", type=int, default=256, help="images per step")
-    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--steps", type=int, default=10, help="timed steps, at least")
+    p.add_argument("--min_seconds", type=float, default=2.0, help="seconds each variant is timed for, at least")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}, batch {args.batch_size}, 32x32 RGB, channels_last, on {name}")
-    results = {}
+    print(f"{args.model}, batch {args.batch_size}, 32x32 RGB, channels_last, {'bf16 autocast' if bf16 else 'fp32'}, "
+          f"on {name}")
+    rates = {}
     for compiled in (False, True):
-        first, rate = measure(args.model, args.batch_size, args.steps, compiled, device)
-        results[compiled] = rate
-        print(f"  {'torch.compile' if compiled else 'eager':<14} first step {first:6.1f} s   then {rate:7.0f} images/s")
-    print(f"  compiled / eager: {results[True] / results[False]:.2f}x")
+        m = measure(args.model, args.batch_size, args.steps, args.min_seconds, compiled, device, bf16)
+        rates[compiled] = m["images_per_second"]
+        print(f"  {'torch.compile' if compiled else 'eager':<14} first step {m['first_step_seconds']:6.1f} s   then "
+              f"{m['images_per_second']:7.0f} images/s ({m['steps']} steps in {m['seconds']:.1f} s)")
+    print(f"  compiled / eager: {rates[True] / rates[False]:.2f}x")
 
 
 if __name__ == "__main__":

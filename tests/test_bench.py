@@ -1,4 +1,5 @@
-"""bench/time_to_accuracy.py end to end on a tiny dataset: its per-seed tables, mean curve and JSON line."""
+"""The benches: time_to_accuracy.py end to end on a tiny dataset (per-seed tables, mean curve, JSON line);
+compile_speedup.py's timing."""
 
 import argparse
 import importlib.util
@@ -7,12 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from conftest import tiny_flags
 
 from image_classifier.config import parse_config
 from image_classifier.runner import run
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "time_to_accuracy.py"
+
+
+def load_bench(name: str):
+    """A script under bench/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCH.with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_time_to_accuracy_prints_the_mean_curve_and_one_json_line(tiny_image_folder, tmp_path):
@@ -48,9 +59,7 @@ def test_the_bench_trains_as_train_py_does(tiny_image_folder, tmp_path):
                       *flags]))
     trained = json.loads((tmp_path / "model" / "history.json").read_text())
 
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("time_to_accuracy")
     args = argparse.Namespace(dataset=str(tiny_image_folder), full_train=False, bare_steps=1, bare_seconds=0.5,
                               train_flags=flags)
     result = bench.run_seed(1, args)
@@ -68,3 +77,12 @@ def test_the_bench_trains_as_train_py_does(tiny_image_folder, tmp_path):
     seconds = benched[1]["seconds"] - benched[0]["seconds"]
     assert len(benched) == 2 and \
         bare_seconds / (seconds + 0.011) <= result["efficiency_after_epoch_1"] <= bare_seconds / max(seconds - 0.011, 1e-9)
+
+
+def test_compile_speedup_times_at_least_min_seconds():
+    """Eager only (compiling takes half a minute here): a tiny step is timed for --min_seconds, not a fixed count."""
+    bench = load_bench("compile_speedup")
+    measured = bench.measure("cnn-fast", batch_size=2, steps=1, min_seconds=0.3, compiled=False,
+                             device=torch.device("cpu"), bf16=False)
+    assert measured["seconds"] >= 0.3 and measured["steps"] > 1 and measured["first_step_seconds"] > 0
+    assert abs(measured["images_per_second"] - measured["steps"] * 2 / measured["seconds"]) < 1e-6
