@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
 from image_classifier.models import create_model  # noqa: E402
+from timing import synchronize, time_steps  # noqa: E402
 
 
 def measure(name: str, batch_size: int, steps: int, min_seconds: float, compiled: bool, device: torch.device,
@@ -42,26 +43,12 @@ def measure(name: str, batch_size: int, steps: int, min_seconds: float, compiled
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     started = time.perf_counter()
     step()
-    synchronize()
+    synchronize(device)
     first = time.perf_counter() - started
-    for _ in range(2):
-        step()
-    synchronize()
-    # No sync per step (that would time the launch queue running dry); the last sync drains the queue.
-    started, done = time.perf_counter(), 0
-    while done < steps or time.perf_counter() - started < min_seconds:
-        step()
-        done += 1
-    synchronize()
-    seconds = time.perf_counter() - started
-    return {"first_step_seconds": first, "images_per_second": done * batch_size / seconds, "steps": done,
-            "seconds": seconds}
+    timed = time_steps(step, device, steps, min_seconds, warmup=2)
+    return {"first_step_seconds": first, "images_per_second": timed["steps"] * batch_size / timed["seconds"], **timed}
 
 
 def main() -> None:

@@ -31,19 +31,19 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
 from image_classifier import engine, models  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.data import ImageTensors, load_data  # noqa: E402
 from image_classifier.runner import build_model, describe_hardware, train_model  # noqa: E402
+from timing import time_steps  # noqa: E402
 
 THRESHOLDS = (0.85, 0.90, 0.93)
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
@@ -73,9 +73,8 @@ def bare_images_per_second(model, accelerator, batch_size: int, image_shape: tup
                            steps: int, min_seconds: float = 0.0) -> dict:
     """Forward + backward + optimizer step of the prepared model on random tensors (no data, no augmentation).
 
-    Timed over at least `steps` steps (after 3 warm-up ones) and at least `min_seconds`: a GPU step takes
-    milliseconds, so a fixed count of steps would time only a fraction of a second there. Returns
-    images_per_second with the steps and seconds it was measured over.
+    Timed over at least `steps` steps (after 3 warm-up ones) and at least `min_seconds` (see timing.time_steps).
+    Returns images_per_second with the steps and seconds it was measured over.
     """
     optimizer = accelerator.prepare(engine.build_optimizer(model, config.train))
     x = torch.randn(batch_size, *image_shape, device=accelerator.device)
@@ -89,23 +88,8 @@ def bare_images_per_second(model, accelerator, batch_size: int, image_shape: tup
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3):
-        step()
-    _synchronize(accelerator)
-    started, done = time.perf_counter(), 0
-    # Without a sync per step the clock reads the GPU's queue, not its work; the final sync drains it, so the
-    # rate is exact and the run lasts about min_seconds plus the queue.
-    while done < steps or time.perf_counter() - started < min_seconds:
-        step()
-        done += 1
-    _synchronize(accelerator)
-    seconds = time.perf_counter() - started
-    return {"images_per_second": done * batch_size / seconds, "steps": done, "seconds": seconds}
-
-
-def _synchronize(accelerator) -> None:
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize(accelerator.device)
+    timed = time_steps(step, accelerator.device, steps, min_seconds, warmup=3)
+    return {"images_per_second": timed["steps"] * batch_size / timed["seconds"], **timed}
 
 
 def run_seed(seed: int, args) -> dict:

@@ -1,0 +1,33 @@
+"""The benches' one way to time a training step's throughput (imported by time_to_accuracy.py and compile_speedup.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+
+def time_steps(step: Callable[[], None], device: torch.device, steps: int, min_seconds: float = 0.0,
+               warmup: int = 0) -> dict:
+    """Run `warmup` untimed steps, then time at least `steps` steps and at least `min_seconds`.
+
+    A GPU step lasts milliseconds, so a fixed count of steps would time a fraction of a second there. No sync
+    per step: that would time the launch queue running dry between steps; the final sync drains the queue, so
+    the seconds cover all the work and the run lasts about min_seconds plus the queue. Returns steps and seconds.
+    """
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    started, done = time.perf_counter(), 0
+    while done < steps or time.perf_counter() - started < min_seconds:
+        step()
+        done += 1
+    synchronize(device)
+    return {"steps": done, "seconds": time.perf_counter() - started}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (on a CPU nothing is queued)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
