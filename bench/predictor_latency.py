@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
 from image_classifier.inference import Predictor, find_latest_model, load_image  # noqa: E402
+from timing import synchronize, time_steps  # noqa: E402
 
 
 def parse_args():
@@ -69,37 +70,27 @@ def _preset_folder(preset: str, image_size: int, num_classes: int) -> str:
     return folder
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_ms(fns: dict, runs: int, warmup: int, device: torch.device) -> dict[str, float]:
     """Median wall time of each function in ms, timed round-robin so that load from other
     processes on the machine falls on all of them alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    _sync(device)
+    synchronize(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(runs):
         for key, fn in fns.items():
             start = time.perf_counter()
             fn()
-            _sync(device)
+            synchronize(device)
             times[key].append((time.perf_counter() - start) * 1000)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _throughput(fn, images: int, min_seconds: float = 1.0) -> float:
-    fn()                                                   # warm up this shape
-    done, start = 0, time.perf_counter()
-    while True:
-        fn()
-        done += images
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return done / elapsed
+def _throughput(fn, images: int, device: torch.device, min_seconds: float = 1.0) -> float:
+    """Images/s of `fn` (`images` per call) over at least min_seconds, after one call to warm up this shape."""
+    timed = time_steps(fn, device, steps=1, min_seconds=min_seconds, warmup=1)
+    return timed["steps"] * images / timed["seconds"]
 
 
 def main():
@@ -159,9 +150,9 @@ def main():
     print("\nbatch throughput, one call with N decoded photos   Predictor.predict_batch   bare forward only")
     for bs in sizes:
         batch = images[:bs]
-        ips = _throughput(lambda: predictor.predict_batch(batch), bs)
+        ips = _throughput(lambda: predictor.predict_batch(batch), bs, device)
         bare = predictor.preprocess(batch).to(device)
-        bare_ips = _throughput(lambda: (bare_forward(bare), _sync(device)), bs)
+        bare_ips = _throughput(lambda: (bare_forward(bare), synchronize(device)), bs, device)
         print(f"  N={bs:<4d}{'':42s}{ips:10.0f} img/s {bare_ips:14.0f} img/s")
 
     print("\nconcurrent throughput, T threads each calling Predictor.forward(one preprocessed image)")
