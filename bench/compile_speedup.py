@@ -47,8 +47,7 @@ def measure(name: str, batch_size: int, steps: int, min_seconds: float, compiled
     step()
     synchronize(device)
     first = time.perf_counter() - started
-    timed = time_steps(step, device, steps, min_seconds, warmup=2)
-    return {"first_step_seconds": first, "images_per_second": timed["steps"] * batch_size / timed["seconds"], **timed}
+    return {"first_step_seconds": first, **time_steps(step, device, batch_size, steps, min_seconds, warmup=2)}
 
 
 def main() -> None:

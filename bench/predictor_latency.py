@@ -89,8 +89,7 @@ def _median_ms(fns: dict, runs: int, warmup: int, device: torch.device) -> dict[
 
 def _throughput(fn, images: int, device: torch.device, min_seconds: float = 1.0) -> float:
     """Images/s of `fn` (`images` per call) over at least min_seconds, after one call to warm up this shape."""
-    timed = time_steps(fn, device, steps=1, min_seconds=min_seconds, warmup=1)
-    return timed["steps"] * images / timed["seconds"]
+    return time_steps(fn, device, images, steps=1, min_seconds=min_seconds, warmup=1)["images_per_second"]
 
 
 def main():

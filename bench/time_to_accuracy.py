@@ -88,8 +88,7 @@ def bare_images_per_second(model, accelerator, batch_size: int, image_shape: tup
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    timed = time_steps(step, accelerator.device, steps, min_seconds, warmup=3)
-    return {"images_per_second": timed["steps"] * batch_size / timed["seconds"], **timed}
+    return time_steps(step, accelerator.device, batch_size, steps, min_seconds, warmup=3)
 
 
 def run_seed(seed: int, args) -> dict:

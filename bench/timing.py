@@ -1,4 +1,4 @@
-"""The benches' one way to time a training step's throughput (imported by time_to_accuracy.py and compile_speedup.py)."""
+"""The benches' one way to time a step's throughput (time_to_accuracy.py, compile_speedup.py, predictor_latency.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from typing import Callable
 import torch
 
 
-def time_steps(step: Callable[[], None], device: torch.device, steps: int, min_seconds: float = 0.0,
-               warmup: int = 0) -> dict:
+def time_steps(step: Callable[[], None], device: torch.device, images_per_step: int, steps: int,
+               min_seconds: float = 0.0, warmup: int = 0) -> dict:
     """Run `warmup` untimed steps, then time at least `steps` steps and at least `min_seconds`.
 
     A GPU step lasts milliseconds, so a fixed count of steps would time a fraction of a second there. No sync
     per step: that would time the launch queue running dry between steps; the final sync drains the queue, so
-    the seconds cover all the work and the run lasts about min_seconds plus the queue. Returns steps and seconds.
+    the seconds cover all the work and the run lasts about min_seconds plus the queue. Returns
+    images_per_second with the steps and seconds it was measured over.
     """
     for _ in range(warmup):
         step()
@@ -24,7 +25,8 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int, min_s
         step()
         done += 1
     synchronize(device)
-    return {"steps": done, "seconds": time.perf_counter() - started}
+    seconds = time.perf_counter() - started
+    return {"images_per_second": done * images_per_step / seconds, "steps": done, "seconds": seconds}
 
 
 def synchronize(device: torch.device) -> None:
