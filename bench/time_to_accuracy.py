@@ -2,6 +2,7 @@
 
     python bench/time_to_accuracy.py                                   # ../shared/datasets/cifar10, 1 seed
     python bench/time_to_accuracy.py --seeds 2                         # repeat with seeds 0, 1; print the mean
+    python bench/time_to_accuracy.py --first_seed 1                    # seed 1 alone (a second seed, run later)
     python bench/time_to_accuracy.py --seeds 2 -- --num_train_epochs 20 --model cnn-wide   # any train.py flag
 
 It runs the project's own stages (load_data, runner.build_model, runner.train_model) exactly as
@@ -52,7 +53,10 @@ DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=str(DEFAULT_DATASET), help="dataset (default: the local CIFAR-10 copy)")
-    p.add_argument("--seeds", type=int, default=1, help="runs with seeds 0..N-1; the summary is their mean")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="runs with seeds first_seed..first_seed+N-1; the summary is their mean")
+    p.add_argument("--first_seed", type=int, default=0,
+                   help="the first seed (e.g. 1 to add a second seed to a run of seed 0 made earlier)")
     p.add_argument("--full_train", action="store_true",
                    help="train on all of the train split (CIFAR-10: 50k), as airbench does, adding the validation "
                         "part train.py holds out (5k) and the bench never scores; default: train.py's 45k")
@@ -61,7 +65,13 @@ def parse_args():
     p.add_argument("--bare_seconds", type=float, default=2.0,
                    help="seconds the bare model is timed for, at least (on a GPU 20 steps take a fraction of one)")
     p.add_argument("train_flags", nargs="*", help="train.py flags after `--`, e.g. -- --num_train_epochs 12")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.seeds < 1 or args.first_seed < 0:
+        p.error(f"--seeds must be at least 1 and --first_seed at least 0 (got {args.seeds} and {args.first_seed})")
+    if any(flag == "--seed" or flag.startswith("--seed=") for flag in args.train_flags):
+        # The bench sets each run's seed itself; a train.py --seed after `--` would override only some of its uses.
+        p.error("the bench picks the seeds: use --first_seed and --seeds before `--`, not train.py's --seed after it")
+    return args
 
 
 def seconds_to(history: list[dict], threshold: float) -> float | None:
@@ -162,7 +172,7 @@ def _fmt_ratio(value) -> str:
 def main() -> None:
     args = parse_args()
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         r = run_seed(seed, args)
         runs.append(r)
         print(f"\nseed {seed} on {r['device']}, {r['train_images']:,} training images:")
@@ -187,7 +197,8 @@ def main() -> None:
                    images_per_second=round(_mean(r["images_per_second"] for r in runs), 1),
                    efficiency=round(_mean(r["efficiency"] for r in runs), 3),
                    efficiency_after_epoch_1=_round(_mean(r["efficiency_after_epoch_1"] for r in runs), 3),
-                   device=runs[0]["device"], seeds=args.seeds, train_images=runs[0]["train_images"], flags=" ".join(args.train_flags))
+                   device=runs[0]["device"], seeds=args.seeds, first_seed=args.first_seed,
+                   train_images=runs[0]["train_images"], flags=" ".join(args.train_flags))
     print(f"\nmean of {args.seeds} seed(s): " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "flags"))
     print(json.dumps(summary))
 
