@@ -68,8 +68,10 @@ def parse_args():
     args = p.parse_args()
     if args.seeds < 1 or args.first_seed < 0:
         p.error(f"--seeds must be at least 1 and --first_seed at least 0 (got {args.seeds} and {args.first_seed})")
-    if any(flag == "--seed" or flag.startswith("--seed=") for flag in args.train_flags):
-        # The bench sets each run's seed itself; a train.py --seed after `--` would override only some of its uses.
+    # The bench sets each run's seed itself; a train.py --seed after `--` would reach the config but not set_seed,
+    # the printed tables or the JSON. train.py's own parser says whether the flags set it (it also takes --see 3).
+    if any(parse_config(["--dataset", args.dataset, "--seed", str(s), *args.train_flags]).train.seed != s
+           for s in (0, 1)):
         p.error("the bench picks the seeds: use --first_seed and --seeds before `--`, not train.py's --seed after it")
     return args
 
