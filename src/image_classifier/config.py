@@ -156,7 +156,7 @@ class ModelArguments:
                           "for 32x32 images at 3/4 width), cnn-wide (at full width); or a timm architecture as "
                           "timm/NAME (any name in timm.list_models(), optionally with a pretrained tag: timm/resnet10t, "
                           "timm/resnet18.a1_in1k). Default: cnn-wide when training on a CUDA GPU, cnn-fast otherwise "
-                          "(each the sooner to 90%% on CIFAR-10 there; README, Speed)."},
+                          "(each the sooner to 90%% on CIFAR-10 there; README, Speed, and bench/RESULTS.md)."},
     )
     pretrained: bool = field(
         default=False,
@@ -430,7 +430,7 @@ class TrainingArguments:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.progressive_resize_epochs is None:
-            # Measured on CIFAR-10 (README, Speed). On a CPU 5 of 11 epochs at 24x24 reach 90 % sooner than 10 at
+            # Measured on CIFAR-10 (bench/RESULTS.md). On a CPU 5 of 11 epochs at 24x24 reach 90 % sooner than 10 at
             # 32x32: a small step costs half a full one. On a CUDA GPU a batch-2000 step is bound by kernel
             # launches, not arithmetic (an H200 ran 24x24 no faster than 32x32), so small epochs only cost accuracy.
             self.progressive_resize_epochs = int(self.num_train_epochs * 5 // 11) \
