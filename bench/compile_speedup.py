@@ -4,7 +4,7 @@
     python bench/compile_speedup.py --model cnn-wide --batch_size 1000
 
 One step = forward + backward + SGD step on random tensors (channels_last), as in training, under bf16
-autocast on a GPU that has it (training's default precision there). The first compiled step includes
+autocast where training defaults to it (a GPU, or a CPU with native bf16). The first compiled step includes
 compiling, printed apart. Each variant is timed over at least --steps steps and --min_seconds: a GPU step
 lasts milliseconds, so a fixed handful of steps would time a small fraction of a second there.
 """
@@ -21,19 +21,20 @@ import torch.nn.functional as F
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
+from image_classifier.engine import default_precision  # noqa: E402
 from image_classifier.models import create_model  # noqa: E402
 from timing import synchronize, time_steps  # noqa: E402
 
 
 def measure(name: str, batch_size: int, steps: int, min_seconds: float, compiled: bool, device: torch.device,
-            bf16: bool) -> dict:
+            bf16: bool, image_size: int = 32) -> dict:
     """Seconds of the first step, then images/s over >= `steps` steps and >= `min_seconds` after 2 warm-up steps."""
     torch.manual_seed(0)
     model = create_model(name, class_names=[str(i) for i in range(10)], num_channels=3, image_size=32)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     forward = torch.compile(model) if compiled else model
-    x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
 
     def step() -> None:
@@ -58,7 +59,7 @@ def main() -> None:
     p.add_argument("--min_seconds", type=float, default=2.0, help="seconds each variant is timed for, at least")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = default_precision(None, args.model) == "bf16"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model}, batch {args.batch_size}, 32x32 RGB, channels_last, {'bf16 autocast' if bf16 else 'fp32'}, "
           f"on {name}")

@@ -13,7 +13,9 @@ sets --tta_each_epoch, which train.py leaves off).
 are training seconds as `fit` counts them: wall time inside training epochs, evaluation excluded.
 
 Printed per seed: each epoch's cumulative training seconds and test accuracy, then the seconds at
-which 85%, 90% and 93% were first reached, the final accuracy, the training loop's images/s, and the
+which 85%, 90% and 93% were first reached, the final accuracy (the per-epoch figures are in the training's
+precision, bf16 where that is the default; the final one is also given in float32, as train.py's final
+evaluation and pipeline() compute it), the training loop's images/s, and the
 pipeline efficiency = loop images/s / bare images/s, where "bare" is the same model (same memory
 format, precision and compile setting) doing forward + backward + optimizer step on random tensors
 of the same batch size, measured in the same process over at least --bare_steps steps and --bare_seconds
@@ -37,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
@@ -119,6 +122,8 @@ def run_seed(seed: int, args) -> dict:
                                  torch.cat([train.labels, data.tensors["validation"].labels]))
         result = train_model(model, normalize, data, train, data.tensors["test"], config, accelerator)
         history = result.state.history
+        # Before the bare model's timing below, whose optimizer steps on random tensors change the weights.
+        final_float32 = float32_accuracy(result, accelerator, data, normalize, config)
         # Images trained on, as fit counts them (the resident loader drops each epoch's last partial batch).
         images = sum(h["train_images"] for h in history)
         # The bare model at each size the epochs trained at (--progressive_resize_epochs: some at a smaller one);
@@ -133,12 +138,25 @@ def run_seed(seed: int, args) -> dict:
         # most of the gap. The figure without it is the loop's own cost.
         later_seconds = result.state.train_seconds - history[0]["seconds"]
         return {"seed": seed, "history": history, "train_images": len(train), "device": describe_hardware(accelerator),
-                "final_accuracy": history[-1]["eval_accuracy"], "images_per_second": images / result.state.train_seconds,
+                "mixed_precision": accelerator.mixed_precision, "final_accuracy": history[-1]["eval_accuracy"],
+                "final_accuracy_float32": final_float32,
+                "images_per_second": images / result.state.train_seconds,
                 "bare_images_per_second": images / bare_seconds, "bare_by_size": bare,
                 "efficiency": bare_seconds / result.state.train_seconds,
                 "efficiency_after_epoch_1": _bare_seconds(history[1:], bare) / later_seconds
                 if len(history) > 1 and later_seconds > 0 else None,
                 **{f"seconds_to_{round(t * 100)}": seconds_to(history, t) for t in THRESHOLDS}}
+
+
+def float32_accuracy(result, accelerator, data, normalize, config) -> float:
+    """Test accuracy (with the recipe's TTA) of the trained network in float32, as train.py's final evaluation and
+    pipeline() compute it; the per-epoch figures are in the training's precision (bf16 where that is the default)."""
+    if accelerator.mixed_precision == "no":
+        return result.state.history[-1]["eval_accuracy"]
+    loader = accelerator.prepare(DataLoader(data.tensors["test"], batch_size=config.train.per_device_eval_batch_size))
+    logits, labels = engine.predict(engine.plain_model(accelerator, result.model), loader, normalize, accelerator,
+                                    result.tta, mixed_precision=False)
+    return float((logits.argmax(-1) == labels).mean())
 
 
 def _bare_seconds(epochs: list[dict], bare: dict) -> float:
@@ -184,7 +202,8 @@ def main() -> None:
         print("  " + "  ".join(f"to {round(t * 100)}%: {_fmt(r[f'seconds_to_{round(t * 100)}'])}" for t in THRESHOLDS))
         sizes = ", ".join(f"{side}x{side}: {b['images_per_second']:.0f} over {b['steps']} steps, {b['seconds']:.1f} s"
                           for side, b in r["bare_by_size"].items())
-        print(f"  final accuracy {r['final_accuracy']:.4f}; loop {r['images_per_second']:.0f} images/s; bare model "
+        print(f"  final accuracy {r['final_accuracy']:.4f} ({r['mixed_precision']}; float32: "
+              f"{r['final_accuracy_float32']:.4f}); loop {r['images_per_second']:.0f} images/s; bare model "
               f"{r['bare_images_per_second']:.0f} images/s ({sizes}); efficiency {r['efficiency']:.3f} "
               f"({_fmt_ratio(r['efficiency_after_epoch_1'])} after epoch 1)")
 
@@ -196,6 +215,8 @@ def main() -> None:
     # The thresholds are read off the seed-mean curve: the first epoch whose mean accuracy reaches them.
     summary = {f"seconds_to_{round(t * 100)}": _round(seconds_to(curve, t)) for t in THRESHOLDS}
     summary.update(final_accuracy=round(_mean(r["final_accuracy"] for r in runs), 4),
+                   final_accuracy_float32=round(_mean(r["final_accuracy_float32"] for r in runs), 4),
+                   mixed_precision=runs[0]["mixed_precision"],
                    images_per_second=round(_mean(r["images_per_second"] for r in runs), 1),
                    efficiency=round(_mean(r["efficiency"] for r in runs), 3),
                    efficiency_after_epoch_1=_round(_mean(r["efficiency_after_epoch_1"] for r in runs), 3),

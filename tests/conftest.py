@@ -8,6 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """After each test, forget Accelerate's per-process state (device, precision), as its own AccelerateTestCase
+    does: a run with another --mixed_precision in the same process would otherwise be refused."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 # The local copies of CIFAR-10 and MNIST (see ../shared/datasets/README.md), beside the repository.
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

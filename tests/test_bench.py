@@ -1,5 +1,5 @@
 """The benches: time_to_accuracy.py end to end on a tiny dataset (per-seed tables, mean curve, JSON line);
-compile_speedup.py's timing."""
+compile_speedup.py's timing; precision_speedup.py's table."""
 
 import argparse
 import importlib.util
@@ -34,9 +34,12 @@ def test_time_to_accuracy_prints_the_mean_curve_and_one_json_line(tiny_image_fol
     lines = done.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert set(summary) >= {"seconds_to_85", "seconds_to_90", "seconds_to_93", "final_accuracy",
-                            "images_per_second", "efficiency", "efficiency_after_epoch_1", "device"}
+                            "images_per_second", "efficiency", "efficiency_after_epoch_1", "device",
+                            "final_accuracy_float32", "mixed_precision"}
     assert summary["seeds"] == 2 and summary["first_seed"] == 1 and summary["device"].startswith("1x CPU")
     assert 0 <= summary["final_accuracy"] <= 1 and summary["images_per_second"] > 0 and summary["efficiency"] > 0
+    # The same trained network scored again in float32 (the same figure where training ran in it).
+    assert summary["mixed_precision"] in ("no", "bf16") and abs(summary["final_accuracy_float32"] - summary["final_accuracy"]) <= 0.1
     assert "seed 1 on" in done.stdout and "seed 2 on" in done.stdout and "mean of 2 seeds:" in done.stdout
     assert "seed 0 on" not in done.stdout
     # The per-seed tables' final accuracies average to the summary's.
@@ -95,3 +98,16 @@ def test_compile_speedup_times_at_least_min_seconds():
                              device=torch.device("cpu"), bf16=False)
     assert measured["seconds"] >= 0.3 and measured["steps"] > 1 and measured["first_step_seconds"] > 0
     assert abs(measured["images_per_second"] - measured["steps"] * 2 / measured["seconds"]) < 1e-6
+
+
+def test_precision_speedup_prints_both_rates_and_the_ratio_per_model_and_size():
+    done = subprocess.run([sys.executable, str(BENCH.with_name("precision_speedup.py")), "--models", "cnn-fast",
+                           "--batch_size", "2", "--image_sizes", "24", "16", "--steps", "1", "--min_seconds", "0.1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cnn-fast: training's default precision here: " in done.stdout
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip().startswith("cnn-fast ")]
+    assert [row[1] for row in rows] == ["24x24:", "16x16:"]
+    for row in rows:        # cnn-fast 24x24: float32 R images/s bf16 autocast R images/s bf16 / float32: Rx
+        fp32, bf16, ratio = float(row[3]), float(row[7]), float(row[-1].rstrip("x"))
+        assert fp32 > 0 and bf16 > 0 and abs(ratio - bf16 / fp32) <= 0.01 + 0.01 * ratio

@@ -220,8 +220,9 @@ def test_ema_and_tta_run_records_them_and_resumes_to_the_same_weights(tiny_image
 def test_each_epoch_validates_on_one_view_unless_tta_each_epoch(tiny_image_folder, tmp_path):
     for each, views in ((False, "none"), (True, "flip_translate")):
         out = tmp_path / views
+        # float32: under bf16 the epochs' validation would be in bf16 and the final one in float32.
         results = run(parse_config(tiny_args(tiny_image_folder, out, "--tta", "flip_translate",
-                                             "--tta_each_epoch", str(each))))
+                                             "--tta_each_epoch", str(each), "--mixed_precision", "no")))
         history = json.loads((out / "history.json").read_text())
         assert results["tta"] == "flip_translate" and {h["eval_tta"] for h in history} == {views}
         # The final validation scores the best epoch's weights with all views: the same figure only when
@@ -332,3 +333,18 @@ def test_keep_freed_memory_stops_training_steps_faulting_their_pages_in_again():
     # Each step allocates some 200 MiB of activations and gradients: 50,000 pages of 4 KiB, faulted in afresh
     # every step by default and reused once freed memory is kept.
     assert faults["off"] > 20_000 and faults["on"] < faults["off"] / 10, faults
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or not Path("/proc/cpuinfo").is_file(), reason="a Linux CPU run")
+def test_precision_is_bf16_for_the_presets_on_a_cpu_whose_flags_list_native_bf16_and_any_request_wins(monkeypatch):
+    from image_classifier.engine import default_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    flags = set(Path("/proc/cpuinfo").read_text().split())        # the kernel's view, not PyTorch's probe
+    for model in ("cnn-fast", "cnn-wide"):
+        assert default_precision(None, model) == ("bf16" if {"avx512_bf16", "amx_bf16"} & flags else None)
+    # Float32 for the rest: torch's CPU bf16 gradient of a strided conv over padding only is wrong (see the docstring).
+    assert default_precision(None, "timm/resnet18") is None and default_precision(None, "cnn-basic") is None
+    assert default_precision("no", "cnn-fast") == "no" and default_precision("bf16", "timm/resnet18") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")          # `accelerate launch --mixed_precision no`
+    assert default_precision(None, "cnn-fast") is None

@@ -335,7 +335,7 @@ class TrainingArguments:
     )
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = field(
         default=None, metadata={"help": "Mixed precision; default: Accelerate's config when launched with one, else "
-                                        "bf16 on a GPU that supports it, else no (CPU)."}
+                                        "bf16 on a GPU that supports it, or for cnn-fast/cnn-wide on a CPU with AVX512_BF16 or AMX; else no."}
     )
     channels_last: bool = field(
         default=True, metadata={"help": "Train in channels_last memory format (about 1.5x faster convolutions on CPU)."}

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import AutocastKwargs, DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import Config, ConfigError, TrainingArguments, training_on_cuda
+from .config import AIRBENCH_MODELS, Config, ConfigError, TrainingArguments, training_on_cuda
 from .interrupt import StopOnSignal, TrainingInterrupted
 from .models import classifier_module, freeze_backbone, parameter_groups, train_stem_bias
 from .optim import Muon
@@ -48,7 +48,7 @@ def build_accelerator(config: Config) -> Accelerator:
     """An Accelerator for this run: precision, accumulation, trackers, seedable data order."""
     train = config.train
     accelerator = Accelerator(
-        mixed_precision=default_precision(train.mixed_precision),
+        mixed_precision=default_precision(train.mixed_precision, config.model.model),
         dynamo_backend="inductor" if train.torch_compile else None,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         log_with=None if train.report_to == "none" else train.report_to,
@@ -80,11 +80,31 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
-def default_precision(requested: Optional[str]) -> Optional[str]:
-    """--mixed_precision, else `accelerate launch`/config's choice, else bf16 on a GPU that has it, else none."""
+def default_precision(requested: Optional[str], model: str) -> Optional[str]:
+    """--mixed_precision, else `accelerate launch`/config's choice, else bf16 on a GPU that has it, or for
+    cnn-fast/cnn-wide on a CPU that computes in it natively, else none (float32).
+
+    On a CPU only those presets: bf16 is measured there (bench/RESULTS.md), and their convolutions are all
+    stride 1. torch 2.14's CPU bf16 weight gradient of a strided convolution whose window sees only padding
+    (a timm ResNet's last stage on 16x16 images: a stride-2 3x3 on a 1x1 map) is garbage, NaN in half the
+    trials, in the border taps; so timm models and cnn-basic train in float32 there unless asked.
+    """
     if requested is not None or "ACCELERATE_MIXED_PRECISION" in os.environ:
         return requested
-    return "bf16" if training_on_cuda() and torch.cuda.is_bf16_supported() else None
+    if training_on_cuda():
+        return "bf16" if torch.cuda.is_bf16_supported() else None
+    return "bf16" if model in AIRBENCH_MODELS and cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (x86 AVX512_BF16 or AMX), so oneDNN's bf16 kernels pay.
+
+    On a 2-core AMD EPYC with AVX512_BF16 a training step of the presets ran 1.8-2.7x faster under bf16 autocast
+    (bench/precision_speedup.py, bench/RESULTS.md). Elsewhere x86 CPUs emulate bf16, which is not expected to pay
+    (not measured here), and ARM CPUs are not probed: float32 stays their default.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")   # private, so looked up defensively
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: Optional[float] = None,
@@ -290,18 +310,19 @@ def _tta_views(x: torch.Tensor, tta: str) -> list[tuple[torch.Tensor, float]]:
 
 @torch.no_grad()
 def predict(model, loader, normalize: Callable, accelerator: Accelerator,
-            tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+            tta: str = "none", mixed_precision: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Logits (N, K) float32 and labels (N,) over a prepared loader, gathered from every process.
 
     `gather_for_metrics` drops the samples Accelerate repeats to even out the last batch, so each
     image counts once whatever the number of processes. `tta` averages logits over views
-    (see `_tta_views`); "none" is exactly what `pipeline()` computes.
+    (see `_tta_views`); "none" is exactly what `pipeline()` computes. `mixed_precision=False` computes in
+    float32 whatever the training's precision: pass a model `plain_model` returned.
     """
     model.eval()
     all_logits, all_labels = [], []
     for images, labels in loader:
         x = normalize(images)
-        with accelerator.autocast():
+        with accelerator.autocast(AutocastKwargs(enabled=mixed_precision)):
             logits = sum(w * model(pixel_values=v).logits.float() for v, w in _tta_views(x, tta))
         logits, labels = accelerator.gather_for_metrics((logits, labels))
         all_logits.append(logits.cpu().numpy())
@@ -547,6 +568,12 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         unwrapped.load_state_dict(state.best_weights)
     accelerator.wait_for_everyone()
     return FitResult(state=state, model=model, tta=tta)
+
+
+def plain_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The trained network as it is saved and served: without DDP, torch.compile or the autocast that
+    `prepare` wraps its forward in under --mixed_precision (removed in place: for after training)."""
+    return accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
 
 
 def progressive_size(args: TrainingArguments, epoch: int, side: int) -> Optional[int]:

@@ -106,18 +106,20 @@ def run(config: Config) -> Optional[dict[str, Any]]:
         result = train_model(model, normalize, data, data.tensors["train"], data.tensors["validation"], config,
                              accelerator, stop=stop)
 
-    # Evaluate the best weights on validation and test, every sample exactly once.
+    # Evaluate the best weights on validation and test, every sample exactly once, in float32: the network as it
+    # is saved and as pipeline() and the app run it (bf16 logits differ in the last digits).
+    model = engine.plain_model(accelerator, result.model)
     results: dict[str, Any] = {}
     predictions = {}
     loaders = {split: accelerator.prepare(DataLoader(data.tensors[split], batch_size=config.train.per_device_eval_batch_size))
                for split in ("validation", "test")}
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        logits, labels = engine.predict(result.model, loaders[split], normalize, accelerator, result.tta)
+        logits, labels = engine.predict(model, loaders[split], normalize, accelerator, result.tta, mixed_precision=False)
         results.update(metrics.compute_metrics(logits, labels, data.class_names, prefix=prefix))
         predictions[split] = (logits, labels)
     results["tta"] = result.tta
     if result.tta != "none":    # what pipeline() and the app see: one view per image
-        logits, labels = engine.predict(result.model, loaders["test"], normalize, accelerator)
+        logits, labels = engine.predict(model, loaders["test"], normalize, accelerator, mixed_precision=False)
         results["test_accuracy_without_tta"] = metrics.compute_metrics(logits, labels, data.class_names)["accuracy"]
     state = result.state
     results.update(train_seconds=round(state.train_seconds, 2), num_parameters=models.count_parameters(model),
@@ -129,7 +131,7 @@ def run(config: Config) -> Optional[dict[str, Any]]:
         f"({results['test_num_samples']} images; best epoch {state.best_epoch}; {state.train_seconds:.1f}s training)")
 
     if accelerator.is_main_process:
-        save_model_folder(accelerator.unwrap_model(result.model, keep_torch_compile=False), data, state, results, predictions["test"], out)
+        save_model_folder(model, data, state, results, predictions["test"], out)
     accelerator.wait_for_everyone()
     if config.train.report_to != "none":
         accelerator.end_training()
