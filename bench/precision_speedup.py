@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from compile_speedup import default_precision, measure
+from compile_speedup import measure          # first: it puts src/ on sys.path
+from image_classifier.engine import default_precision  # noqa: E402
+from timing import bench_device  # noqa: E402
 
 
 def main() -> None:
@@ -26,8 +26,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps, at least")
     p.add_argument("--min_seconds", type=float, default=10.0, help="seconds each variant is timed for, at least")
     args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    device, name = bench_device()
     print(f"batch {args.batch_size}, channels_last, eager, on {name}")
     for model in args.models:
         print(f"  {model}: training's default precision here: {default_precision(None, model) or 'float32'}")

@@ -39,14 +39,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
 from image_classifier import engine, models  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.data import ImageTensors, load_data  # noqa: E402
-from image_classifier.runner import build_model, describe_hardware, train_model  # noqa: E402
+from image_classifier.metrics import compute_metrics  # noqa: E402
+from image_classifier.runner import build_model, describe_hardware, predict_float32, train_model  # noqa: E402
 from timing import time_steps  # noqa: E402
 
 THRESHOLDS = (0.85, 0.90, 0.93)
@@ -153,10 +153,9 @@ def float32_accuracy(result, accelerator, data, normalize, config) -> float:
     pipeline() compute it; the per-epoch figures are in the training's precision (bf16 where that is the default)."""
     if accelerator.mixed_precision == "no":
         return result.state.history[-1]["eval_accuracy"]
-    loader = accelerator.prepare(DataLoader(data.tensors["test"], batch_size=config.train.per_device_eval_batch_size))
-    logits, labels = engine.predict(engine.plain_model(accelerator, result.model), loader, normalize, accelerator,
-                                    result.tta, mixed_precision=False)
-    return float((logits.argmax(-1) == labels).mean())
+    logits, labels = predict_float32(engine.plain_model(accelerator, result.model), data.tensors["test"], normalize,
+                                     accelerator, config, result.tta)
+    return compute_metrics(logits, labels, data.class_names)["accuracy"]
 
 
 def _bare_seconds(epochs: list[dict], bare: dict) -> float:

@@ -29,6 +29,13 @@ def time_steps(step: Callable[[], None], device: torch.device, images_per_step: 
     return {"images_per_second": done * images_per_step / seconds, "steps": done, "seconds": seconds}
 
 
+def bench_device() -> tuple[torch.device, str]:
+    """The device a bench runs on (the GPU when there is one) and its name to print."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return device, name
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (on a CPU nothing is queued)."""
     if device.type == "cuda":

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 @pytest.fixture(autouse=True)
 def fresh_accelerator_state():
     """After each test, forget Accelerate's per-process state (device, precision), as its own AccelerateTestCase

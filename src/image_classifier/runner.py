@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from . import data as data_stage
 from . import engine, metrics, models, plots
@@ -25,7 +25,7 @@ from .config import Config, ConfigError, save_config
 from .files import atomic_path, read_json, replace_dir, write_json, write_text
 from .interrupt import StopOnSignal
 
-__all__ = ["run", "build_model", "train_model", "check_output_dir", "clear_output_dir", "describe_hardware"]
+__all__ = ["run", "build_model", "train_model", "predict_float32", "check_output_dir", "clear_output_dir", "describe_hardware"]
 
 # Files that mark a folder as holding a finished model (written last by `save_model_folder`).
 FINISHED_MARKER = "metrics.json"
@@ -111,15 +111,13 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     model = engine.plain_model(accelerator, result.model)
     results: dict[str, Any] = {}
     predictions = {}
-    loaders = {split: accelerator.prepare(DataLoader(data.tensors[split], batch_size=config.train.per_device_eval_batch_size))
-               for split in ("validation", "test")}
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        logits, labels = engine.predict(model, loaders[split], normalize, accelerator, result.tta, mixed_precision=False)
+        logits, labels = predict_float32(model, data.tensors[split], normalize, accelerator, config, result.tta)
         results.update(metrics.compute_metrics(logits, labels, data.class_names, prefix=prefix))
         predictions[split] = (logits, labels)
     results["tta"] = result.tta
     if result.tta != "none":    # what pipeline() and the app see: one view per image
-        logits, labels = engine.predict(model, loaders["test"], normalize, accelerator, mixed_precision=False)
+        logits, labels = predict_float32(model, data.tensors["test"], normalize, accelerator, config)
         results["test_accuracy_without_tta"] = metrics.compute_metrics(logits, labels, data.class_names)["accuracy"]
     state = result.state
     results.update(train_seconds=round(state.train_seconds, 2), num_parameters=models.count_parameters(model),
@@ -169,6 +167,14 @@ def train_model(model: torch.nn.Module, normalize: Normalize, data: "data_stage.
     return engine.fit(model, train, heldout, augment=BatchAugment(config.data, data.class_names, data.mean, data.std),
                       normalize=normalize, mix=build_batch_mix(config.data, len(data.class_names)), config=config,
                       accelerator=accelerator, evaluate_fn=evaluate_fn, stop=stop)
+
+
+def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Normalize, accelerator: Accelerator,
+                    config: Config, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """engine.predict over every image of `split` once, in float32 whatever the training's precision: pass the
+    network `engine.plain_model` returned. Returns logits (N, K) and labels (N,)."""
+    loader = accelerator.prepare(DataLoader(split, batch_size=config.train.per_device_eval_batch_size))
+    return engine.predict(model, loader, normalize, accelerator, tta, mixed_precision=False)
 
 
 def save_model_folder(model, data: "data_stage.ImageData", state: "engine.TrainerState", results: dict[str, Any],
