@@ -55,6 +55,13 @@ def test_presets_have_the_documented_structure():
     assert set(PRESETS) >= {"cnn-basic", "cnn-fast", "cnn-wide"}
 
 
+def test_a_width_override_rescales_the_logits_unless_logit_scale_is_given():
+    assert make("cnn-wide", widths=[16, 48, 48]).config.logit_scale == 1 / 48    # the presets' rule: 1/(last width)
+    assert make("cnn-fast", widths=[16, 48, 48], logit_scale=0.5).config.logit_scale == 0.5
+    assert make("cnn-fast", kernel_size=5).config.logit_scale == 1 / 192         # widths unchanged: the preset's
+    assert make("cnn-basic", widths=[8, 16]).config.logit_scale == 1.0           # no logit scale in the preset
+
+
 def test_overrides_from_model_arguments_are_applied():
     args = ModelArguments(model="cnn-fast", widths=[8, 16], stem="none", convs_per_block=3, kernel_size=5, pooling="avg",
                           batch_norm=False, activation="relu", block_dropout=0.1, classifier_dropout=0.2)

@@ -21,6 +21,8 @@ __all__ = ["main", "build_parser", "COMMANDS", "USER_ERRORS"]
 
 
 def _add_push(subparsers) -> None:
+    from .hub import add_token_argument
+
     parser = subparsers.add_parser(
         "push", help="push a trained model folder to the Hugging Face Hub",
         description="Push the model folder a training run wrote (OUTPUT_DIR) to a Hub model repository: create the "
@@ -30,9 +32,7 @@ def _add_push(subparsers) -> None:
     parser.add_argument("--hub_model_id", required=True, metavar="USER/NAME",
                         help="repository to push to (NAME alone uses the token's user name)")
     parser.add_argument("--hub_private_repo", action="store_true", help="create the repository as private")
-    parser.add_argument("--hub_token", default=None, metavar="TOKEN",
-                        help="Hub token with write access; default: HF_TOKEN, else the cached `hf auth login`. "
-                             "Prefer HF_TOKEN: a token on the command line shows in the process list and history.")
+    add_token_argument(parser)
     parser.add_argument("--commit_message", default=None,
                         help="commit message; default: 'Upload model: test accuracy X'")
     parser.set_defaults(run=_push)

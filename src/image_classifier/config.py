@@ -202,7 +202,9 @@ class ModelArguments:
         default=None, metadata={"help": "Override: start every convolution's first C_in filters as the identity."}
     )
     logit_scale: Optional[float] = field(
-        default=None, metadata={"help": "Override: factor on the logits (e.g. 0.111 = 1/9, airbench)."}
+        default=None, metadata={"help": "Override: factor on the logits (e.g. 0.111 = 1/9, airbench). cnn-fast and "
+                                        "cnn-wide scale by 1/(last of --widths): 1/192, 1/256, or 1/384 with "
+                                        "--widths 128 384 384."}
     )
 
     def __post_init__(self):

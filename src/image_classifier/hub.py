@@ -29,6 +29,7 @@ from .files import write_text
 
 __all__ = [
     "HubError",
+    "add_token_argument",
     "IGNORE_PATTERNS",
     "TEMPLATE_PATH",
     "render_model_card",
@@ -432,6 +433,13 @@ def retry_command(output_dir: str | os.PathLike, hub_model_id: str, private: boo
     """The command line that retries a push (never with the token: it comes from HF_TOKEN or the login)."""
     command = f"python -m image_classifier push {shlex.quote(str(output_dir))} --hub_model_id {hub_model_id}"
     return command + (" --hub_private_repo" if private else "")
+
+
+def add_token_argument(parser) -> None:
+    """Add `--hub_token` to an argparse (sub-)parser: the one wording for every command that writes to the Hub."""
+    parser.add_argument("--hub_token", default=None, metavar="TOKEN",
+                        help="Hub token with write access; default: HF_TOKEN, else the cached `hf auth login`. "
+                             "Prefer HF_TOKEN: a token on the command line shows in the process list and history.")
 
 
 def _token_source(token: Optional[str]) -> str:

@@ -77,8 +77,13 @@ def create_model(name: str, *, class_names: list[str], num_channels: int, image_
     unknown = sorted(set(overrides) - _SHAPE_OPTIONS)
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; valid: {sorted(_SHAPE_OPTIONS)}")
+    preset = PRESETS[name]
+    if "widths" in overrides and "logit_scale" not in overrides and "logit_scale" in preset:
+        # The head's weights have unit variance, so a preset scales its logits by 1/(last width) to keep them
+        # O(1); a new width gets the same rule (--widths 128 384 384: 1/384) unless --logit_scale says otherwise.
+        overrides["logit_scale"] = 1 / overrides["widths"][-1]
     id2label = {i: str(label) for i, label in enumerate(class_names)}
-    config = SmallCNNConfig(num_channels=num_channels, image_size=image_size, **{**PRESETS[name], **overrides},
+    config = SmallCNNConfig(num_channels=num_channels, image_size=image_size, **{**preset, **overrides},
                             id2label=id2label, label2id={label: i for i, label in id2label.items()})
     return SmallCNNForImageClassification(config)
 

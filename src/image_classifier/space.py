@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from .hub import HubError, _explain, _network_errors, _scrub, _token_source
+from .hub import HubError, _explain, add_token_argument, _network_errors, _scrub, _token_source
 
 __all__ = ["deploy_space", "SpaceDeployment", "space_readme", "space_requirements", "add_deploy_space_command",
            "REPO_ROOT", "PACKAGE_IGNORE"]
@@ -243,9 +243,7 @@ def add_deploy_space_command(subparsers) -> None:
                         help="the Space to create or update (NAME alone uses the token's user name)")
     parser.add_argument("--hub_model_id", required=True, metavar="USER/MODEL",
                         help="the model on the Hub the app serves (set as the Space variable MODEL_ID)")
-    parser.add_argument("--hub_token", default=None, metavar="TOKEN",
-                        help="Hub token with write access; default: HF_TOKEN, else the cached `hf auth login`. "
-                             "Prefer HF_TOKEN: a token on the command line shows in the process list and history.")
+    add_token_argument(parser)
     parser.add_argument("--private", action="store_true", help="create the Space as private")
     parser.set_defaults(run=deploy_space_command)
 
