@@ -30,7 +30,7 @@ def measure(name: str, batch_size: int, steps: int, min_seconds: float, compiled
             bf16: bool, image_size: int = 32) -> dict:
     """Seconds of the first step, then images/s over >= `steps` steps and >= `min_seconds` after 2 warm-up steps."""
     torch.manual_seed(0)
-    model = create_model(name, class_names=[str(i) for i in range(10)], num_channels=3, image_size=32)
+    model = create_model(name, class_names=[str(i) for i in range(10)], num_channels=3, image_size=image_size)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     forward = torch.compile(model) if compiled else model

@@ -30,10 +30,15 @@ __all__ = ["PRESETS", "create_model", "count_parameters", "summarize_model", "ti
            "timm_pretrained_source", "check_pretrained_weights", "input_normalization", "save_pretrained",
            "parameter_groups", "freeze_backbone", "train_stem_bias", "prepare_model_config"]
 
+# A preset's logit_scale of 1/(last of its widths), resolved by create_model after --widths: the head's weights
+# have unit variance, so its logits are scaled down by the number of features it sums to stay O(1).
+LOGITS_BY_WIDTH = "1/width"
+
 # Shape options of each small-CNN preset (SmallCNNConfig keyword arguments).
 _AIRBENCH = dict(convs_per_block=2, kernel_size=3, pooling="max", batch_norm=True, activation="gelu",
                  block_dropout=0.0, hidden_size=0, classifier_dropout=0.0, global_pool="max", stem="whiten",
-                 batch_norm_momentum=0.4, norm_scale=False, identity_init=True, initializer_range=1.0)
+                 batch_norm_momentum=0.4, norm_scale=False, identity_init=True, initializer_range=1.0,
+                 logit_scale=LOGITS_BY_WIDTH)
 PRESETS: dict[str, dict[str, Any]] = {
     # The textbook net: Conv(32)-ReLU-MaxPool, Conv(64)-ReLU-MaxPool, Flatten, Dense(128)-ReLU, Dropout(0.5), output.
     "cnn-basic": dict(widths=[32, 64], convs_per_block=1, kernel_size=3, pooling="max", batch_norm=False,
@@ -43,9 +48,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # of 2 convs (BatchNorm with the scale fixed at 1, GELU), convolutions started as identities, global max
     # pool, a linear head with unit-variance weights and logits scaled by 1/192 (airbench94_muon). About 69M
     # multiply-adds per 32x32 image, 0.9M parameters; trained with Muon by default (see TrainingArguments).
-    "cnn-fast": dict(widths=[48, 192, 192], **_AIRBENCH, logit_scale=1 / 192),
+    "cnn-fast": dict(widths=[48, 192, 192], **_AIRBENCH),
     # airbench94's net at full width (about 1.8x the compute of cnn-fast on a CPU): for a GPU or a long run.
-    "cnn-wide": dict(widths=[64, 256, 256], **_AIRBENCH, logit_scale=1 / 256),
+    "cnn-wide": dict(widths=[64, 256, 256], **_AIRBENCH),
 }
 
 _SHAPE_OPTIONS = frozenset({"widths", "convs_per_block", "kernel_size", "pooling", "batch_norm", "activation",
@@ -77,13 +82,11 @@ def create_model(name: str, *, class_names: list[str], num_channels: int, image_
     unknown = sorted(set(overrides) - _SHAPE_OPTIONS)
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; valid: {sorted(_SHAPE_OPTIONS)}")
-    preset = PRESETS[name]
-    if "widths" in overrides and "logit_scale" not in overrides and "logit_scale" in preset:
-        # The head's weights have unit variance, so a preset scales its logits by 1/(last width) to keep them
-        # O(1); a new width gets the same rule (--widths 128 384 384: 1/384) unless --logit_scale says otherwise.
-        overrides["logit_scale"] = 1 / overrides["widths"][-1]
+    options = {**PRESETS[name], **overrides}
+    if options.get("logit_scale") == LOGITS_BY_WIDTH:     # after --widths: 1/384 with --widths 128 384 384
+        options["logit_scale"] = 1 / options["widths"][-1]
     id2label = {i: str(label) for i, label in enumerate(class_names)}
-    config = SmallCNNConfig(num_channels=num_channels, image_size=image_size, **{**preset, **overrides},
+    config = SmallCNNConfig(num_channels=num_channels, image_size=image_size, **options,
                             id2label=id2label, label2id={label: i for i, label in id2label.items()})
     return SmallCNNForImageClassification(config)
 
