@@ -186,6 +186,34 @@ def test_the_app_loads_a_model_from_a_hub_id(hub, hub_env, served, monkeypatch):
     assert "predict" in {d.get("api_name") for d in demo.get_config_file()["dependencies"]}
 
 
+def _model_card_html(demo) -> str:
+    return next(c["props"]["value"] for c in demo.get_config_file()["components"]
+                if c["props"].get("elem_id") == "model-card")
+
+
+def test_the_model_panel_shows_names_and_hub_ids_never_server_paths(served, tmp_path):
+    card = _model_card_html(served.demo)
+    assert "CIFAR-10" in card and f"<code>{served.folder.name}</code>" in card
+    assert str(served.folder.parent) not in card and "../shared" not in card
+    # a local run that names its Hub repo shows that id
+    folder = tmp_path / "run"
+    shutil.copytree(served.folder, folder)
+    (folder / "training_config.json").write_text('{"hub_model_id": "someone/cifar10-cnn"}')
+    demo, _ = create_app(str(folder), device="cpu")
+    card = _model_card_html(demo)
+    assert "<code>someone/cifar10-cnn</code>" in card and str(tmp_path) not in card
+
+
+def test_a_refused_upload_logs_one_line_not_a_traceback(served, client, caplog, capfd):
+    with caplog.at_level("WARNING", logger="image_classifier.app_ui"):
+        with pytest.raises(AppError, match="notes.png is not an image"):
+            client.predict(handle_file(str(served.files / "notes.png")), api_name="/predict")
+    refusals = [r for r in caplog.records if r.name == "image_classifier.app_ui"]
+    assert len(refusals) == 1 and "notes.png is not an image" in refusals[0].getMessage()
+    assert "\n" not in refusals[0].getMessage()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_model_resolution_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MODEL_ID", "user/from-env")
@@ -242,6 +270,20 @@ def test_browser_upload_shows_the_prediction(served):
             other = served.folder / "examples" / "ship_0.png"
             page.locator("#image-input input[type=file]").set_input_files(str(other))
             playwright.expect(top).to_have_text(served.predictor.predict(other, top_k=1)[0][0], timeout=60_000)
+
+            # a 390-px phone: the columns stack, and the prediction comes under the image, on the first screen,
+            # before the examples and the model panel
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto(served.url, wait_until="domcontentloaded")
+            page.locator("#image-input input[type=file]").set_input_files(str(image))
+            playwright.expect(top).to_have_text(expected, timeout=60_000)
+            page.wait_for_timeout(800)
+            box = {name: page.locator(f"#{name}").bounding_box()
+                   for name in ("image-input", "classify-btn", "prediction", "examples", "model-card")}
+            assert box["image-input"]["y"] < box["classify-btn"]["y"] < box["prediction"]["y"]
+            assert box["prediction"]["y"] < box["examples"]["y"] < box["model-card"]["y"]
+            assert top.bounding_box()["y"] + top.bounding_box()["height"] <= 844      # the top class is on screen
+            page.screenshot(path=str(ARTIFACTS / "app-phone.png"))
         finally:
             browser.close()
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import html
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,8 @@ LAUNCH_KWARGS: dict[str, Any] = {"max_file_size": "20mb"}
 QUEUE_KWARGS: dict[str, Any] = {"default_concurrency_limit": 8, "max_size": 256}
 MAX_BATCH_FILES = 500
 TOP_K = 5
+
+log = logging.getLogger(__name__)
 
 TRAIN_HINT = """\
 Train one (it lands in `outputs/`), then start the app again:
@@ -68,6 +71,19 @@ CSS = """
 #image-input .image-frame, #image-input .image-container { width: 100%; height: 100%; }
 #image-input .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 #missing { max-width: 780px; margin: 2em auto; }
+/* Phones: the two columns stack, and the prediction comes right under the image and its buttons, before the
+   examples and the model panel (otherwise it lands below all 20 examples, off-screen after an upload). */
+@media (max-width: 720px) {
+  #classify-row { flex-direction: column; flex-wrap: nowrap; }
+  #input-column, #result-column { display: contents; }
+  #input-column > *, #result-column > * { order: 4; width: 100%; }
+  #classify-row #image-input { order: 1; height: 300px !important; }
+  #classify-row #buttons { order: 2; flex-wrap: nowrap; }
+  #buttons > button { min-width: 0; }
+  #classify-row #prediction { order: 3; }
+  #classify-row #model-card { order: 5; }
+  #header p { font-size: 0.95em; }
+}
 """
 
 
@@ -95,12 +111,18 @@ def image_input(**kwargs) -> gr.Image:
                 return load_image(payload.path)
             return load_image(base_preprocess(payload))       # data: URLs (webcam, clipboard)
         except ImageError as e:
-            raise gr.Error(_user_message(e, getattr(payload, "orig_name", None)), title="Not an image we can read")
+            raise refuse(_user_message(e, getattr(payload, "orig_name", None)))
         except Exception as e:  # noqa: BLE001 - anything PIL or Gradio raised while decoding
-            raise gr.Error(f"Could not read this file as an image: {e}", title="Not an image we can read")
+            raise refuse(f"Could not read this file as an image: {e}")
 
     component.preprocess = preprocess
     return component
+
+
+def refuse(message: str, title: str = "Not an image we can read") -> gr.Error:
+    """The error a refused input shows the user, logged as one line (Gradio would print a whole traceback)."""
+    log.warning("refused: %s", " ".join(message.split()))
+    return gr.Error(message, title=title, print_exception=False)
 
 
 def _user_message(error: Exception, name: Optional[str]) -> str:
@@ -185,7 +207,9 @@ def _model_card(info: dict[str, Any], predictor: Predictor) -> str:
     stats.append((str(len(classes)), "classes"))
     facts: list[tuple[str, str]] = []
     if info.get("dataset"):
-        facts.append(("Dataset", f"{esc(_pretty_dataset(info['dataset']))} <code>{esc(str(info['dataset']))}</code>"))
+        dataset = str(info["dataset"])
+        shown = f" <code>{esc(dataset)}</code>" if is_hub_id(dataset) else ""      # a Hub id, never a server path
+        facts.append(("Dataset", f"{esc(_pretty_dataset(dataset))}{shown}"))
     chips = "".join(f'<span class="chip">{esc(c)}</span>' for c in classes[:30])
     if len(classes) > 30:
         chips += f'<span class="chip more">+{len(classes) - 30} more</span>'
@@ -204,7 +228,7 @@ def _model_card(info: dict[str, Any], predictor: Predictor) -> str:
         trained.append(_duration(float(info["train_seconds"])))
     if trained:
         facts.append(("Trained on", esc(", ".join(trained))))
-    facts.append(("Model", f"<code>{esc(str(info['source']))}</code>"))
+    facts.append(("Model", f"<code>{esc(_public_model_name(info))}</code>"))
     if "test_accuracy" not in info:
         facts.append(("Note", "this model has no <code>metrics.json</code>, so no test scores are shown"))
     stat_html = "".join(f'<div class="stat"><div class="num">{esc(n)}</div><div class="cap">{esc(c)}</div></div>'
@@ -212,6 +236,19 @@ def _model_card(info: dict[str, Any], predictor: Predictor) -> str:
     fact_html = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     return (f'<div class="model-card"><h3>About this model</h3><div class="stats">{stat_html}</div>'
             f'<dl class="facts">{fact_html}</dl></div>')
+
+
+def is_hub_id(name: str) -> bool:
+    """"name" or "owner/name" that is not a local path: safe to show, unlike a path on the server."""
+    return not looks_like_local_path(name) and not Path(name).expanduser().exists()
+
+
+def _public_model_name(info: dict[str, Any]) -> str:
+    """The Hub id the model was loaded from or pushed to, else its folder's name: a Space never shows server paths."""
+    source = str(info["source"])
+    if is_hub_id(source):
+        return source
+    return str(info.get("hub_model_id") or Path(source.rstrip("/")).name)
 
 
 def _duration(seconds: float) -> str:
@@ -239,11 +276,11 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
     def predict(image):
         """Classify one image: {class name: probability} for the most probable classes."""
         if image is None:
-            raise gr.Error("Upload an image first (or click one of the examples).", title="No image")
+            raise refuse("Upload an image first (or click one of the examples).", title="No image")
         try:
             return dict(predictor.predict(image, top_k=top_k))
         except ImageError as e:
-            raise gr.Error(str(e), title="Not an image we can read")
+            raise refuse(str(e))
 
     def predict_on_upload(image):
         return None if image is None else predict(image)
@@ -260,11 +297,11 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
             with gr.Tab("Classify", id="classify"):
                 # made first so that the examples (left column) can name it; shown in the right column
                 label = gr.Label(num_top_classes=top_k, label="Prediction", elem_id="prediction", render=False)
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=5):
+                with gr.Row(equal_height=False, elem_id="classify-row"):
+                    with gr.Column(scale=5, elem_id="input-column"):
                         image = image_input(label="Image", sources=["upload", "clipboard", "webcam"], height=360,
                                            elem_id="image-input")
-                        with gr.Row():
+                        with gr.Row(elem_id="buttons"):
                             clear = gr.ClearButton(value="Clear", size="lg", elem_id="clear-btn")
                             run = gr.Button("Classify", variant="primary", size="lg", elem_id="classify-btn")
                         # under the image, where the eye already is (rather than below both columns)
@@ -275,7 +312,7 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
                                         api_visibility="private", elem_id="examples")
                         else:
                             gr.Markdown("*This model folder has no `examples/`: upload an image of your own.*")
-                    with gr.Column(scale=4):
+                    with gr.Column(scale=4, elem_id="result-column"):
                         label.render()
                         gr.HTML(_model_card(info, predictor), elem_id="model-card")
                 clear.add([image, label])
@@ -304,10 +341,10 @@ def _predict_files(predictor: Predictor, files: Optional[Sequence[Any]]):
     """Rows for the Batch table and the path of a CSV with every class probability."""
     paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
     if not paths:
-        raise gr.Error("Add some image files first.", title="No files")
+        raise refuse("Add some image files first.", title="No files")
     if len(paths) > MAX_BATCH_FILES:
-        raise gr.Error(f"{len(paths)} files is more than the {MAX_BATCH_FILES} one batch may hold; "
-                       "split them up.", title="Too many files")
+        raise refuse(f"{len(paths)} files is more than the {MAX_BATCH_FILES} one batch may hold; "
+                     "split them up.", title="Too many files")
     images, errors = {}, {}
     for i, path in enumerate(paths):
         try:

@@ -12,8 +12,9 @@ __all__ = ["exit_on_user_error"]
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DataError
+    from .files import DiskFullError
 
-    errors: list[type[BaseException]] = [ConfigError, DataError, FileNotFoundError]
+    errors: list[type[BaseException]] = [ConfigError, DataError, DiskFullError, FileNotFoundError]
     try:
         from .hub import HubError
     except ImportError:
@@ -45,4 +46,13 @@ def exit_on_user_error() -> Iterator[None]:
         sys.exit(stopped.exit_code)
     except _user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        from .files import is_disk_full
+
+        if not is_disk_full(error):
+            raise
+        # A full disk anywhere else (the decode cache, a plot): what failed and where; atomic writes kept the rest.
+        print(f"error: the disk is full: {error}. Files written before are intact; free some space and run "
+              "the same command again.", file=sys.stderr)
         sys.exit(1)

@@ -47,6 +47,7 @@ __all__ = [
     "ImageData",
     "ImageTensors",
     "decode_image",
+    "model_view",
     "build_image_processor",
     "explore",
 ]
@@ -223,6 +224,16 @@ def decode_image(image: Image.Image, num_channels: int, image_size: int) -> torc
     return _resize_chw(tensor, image_size).contiguous()
 
 
+def model_view(image: Image.Image, num_channels: int) -> Image.Image:
+    """PIL image of any mode -> the 8-bit RGB (or L, for a 1-channel model) image the model sees, at its own size.
+
+    The conversion of `decode_image` without the resize: what examples are saved as (a PNG holds it,
+    where it cannot hold CMYK), and reading it back decodes to the same pixels.
+    """
+    array = _to_array(image, num_channels)
+    return Image.fromarray(array[:, :, 0] if num_channels == 1 else array, "L" if num_channels == 1 else "RGB")
+
+
 def build_image_processor(image_size: int, mean: Iterable[float], std: Iterable[float]):
     """The transformers image processor saved with the model: RGB -> resize -> /255 -> normalize.
 
@@ -278,6 +289,23 @@ def _folder_kind(path: Path) -> str:
         f"found {found}. Point --dataset at one of those.")
 
 
+def _check_classes_in_image_folder(raw, path: Path) -> None:
+    """datasets' imagefolder adds no label column when all images share one folder: say that, not 'no label'."""
+    import datasets
+
+    features = next(iter(raw.values())).features
+    if any(isinstance(f, datasets.ClassLabel) for f in features.values()):
+        return
+    folders = sorted({p.parent for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                      and not any(part.startswith(".") for part in p.relative_to(path).parts)})
+    names = sorted({folder.name for folder in folders if folder != path})
+    where = (f"one class ({names[0]}/)" if len(names) == 1 else "images with no class subfolders" if not names
+             else f"images with no class subfolders inside its split folders ({', '.join(names[:5])})")
+    raise DataError(f"The image folder {path} holds {where}; classification needs at least two classes. Put "
+                    f"each class's images in a subfolder of its own ({path}/CLASS_A/..., {path}/CLASS_B/...), "
+                    f"or name a label column of its metadata.csv with --label_column.")
+
+
 def _load_source(args: DataArguments):
     """Load whatever --dataset names; return (DatasetDict, kind, resolved name)."""
     import datasets
@@ -294,6 +322,8 @@ def _load_source(args: DataArguments):
                 raw = datasets.load_from_disk(str(path))
             elif kind == "imagefolder":
                 raw = datasets.load_dataset("imagefolder", data_dir=str(path))
+                if args.label_column is None:
+                    _check_classes_in_image_folder(raw, path)
             else:
                 raw = datasets.load_dataset(str(path), config) if config else datasets.load_dataset(str(path))
             resolved = str(path.resolve())

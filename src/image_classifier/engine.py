@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .config import AIRBENCH_MODELS, Config, ConfigError, TrainingArguments, training_on_cuda
-from .interrupt import StopOnSignal, TrainingInterrupted
+from .files import DiskFullError, disk_full_is_an_error
+from .interrupt import StopOnSignal, TrainingInterrupted, resume_command
 from .models import classifier_module, freeze_backbone, parameter_groups, train_stem_bias
 from .optim import Muon
 
@@ -280,7 +281,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainerSta
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))           # every process writes its own RNG state
+    try:
+        with disk_full_is_an_error(f"checkpoint {final.name}", root, _after_a_failed_save(root, output_dir)):
+            accelerator.save_state(str(tmp))           # every process writes its own RNG state
+    except DiskFullError:
+        shutil.rmtree(tmp, ignore_errors=True)          # half a checkpoint: give its space back
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -290,6 +296,16 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainerSta
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _after_a_failed_save(root: Path, output_dir: str) -> str:
+    """What a failed checkpoint save leaves intact, and how to go on from there."""
+    previous = sorted(root.glob("step_*"))
+    if not previous:
+        return (f"No checkpoint of this run was saved yet; the files already in {output_dir} are intact. "
+                "Free some space, then run the same command again.")
+    return (f"The previous checkpoint, {previous[-1].name}, and the files already in {output_dir} are intact. "
+            f"Free some space, then resume with:\n  {resume_command()}")
 
 
 # Test-time augmentation: (views, weights) of a normalized batch (B, C, H, W); the logits are the

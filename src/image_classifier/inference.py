@@ -519,7 +519,8 @@ def model_info(model_dir_or_id: str | os.PathLike, revision: Optional[str] = Non
 
     Keys: source, dataset, class_names, num_classes, test_accuracy, test_f1, test_loss,
     test_num_samples, image_size, num_channels, model_type, architecture (timm models: 'timm/NAME'),
-    num_parameters, hardware, train_seconds, epochs_trained. Read from metrics.json, data_summary.json and config.json; never raises.
+    num_parameters, hardware, train_seconds, epochs_trained, hub_model_id (a local run that names its Hub
+    repo). Read from metrics.json, data_summary.json, config.json and training_config.json; never raises.
     """
     hub_kwargs = {"revision": revision, "token": token}
     source = os.fspath(model_dir_or_id)
@@ -568,6 +569,9 @@ def model_info(model_dir_or_id: str | os.PathLike, revision: Optional[str] = Non
         info["model_type"] = str(config["model_type"])
     if config.get("model_type") == "timm_wrapper" and config.get("architecture"):
         info["architecture"] = f"timm/{config['architecture']}"
+    training = _read_json_file(source, "training_config.json") if is_local_model(source) else None
+    if isinstance(training, dict) and training.get("hub_model_id"):     # where a local run was pushed
+        info["hub_model_id"] = str(training["hub_model_id"])
     return info
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -19,21 +20,31 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 
 from . import data as data_stage
-from . import engine, metrics, models, plots
+from . import engine, hub, metrics, models, plots
 from .augment import BatchAugment, Normalize, build_batch_mix
 from .config import Config, ConfigError, save_config
-from .files import atomic_path, read_json, replace_dir, write_json, write_text
-from .interrupt import StopOnSignal
+from .files import (atomic_path, check_writable, disk_full_is_an_error, read_json, remove_leftovers, replace_dir,
+                    write_json, write_text)
+from .interrupt import StopOnSignal, resume_command
 
-__all__ = ["run", "build_model", "train_model", "predict_float32", "check_output_dir", "clear_output_dir", "describe_hardware"]
+__all__ = ["run", "build_model", "train_model", "predict_float32", "check_output_dir", "clear_output_dir",
+           "clean_leftovers", "describe_hardware", "save_model_folder", "save_examples"]
 
-# Files that mark a folder as holding a finished model (written last by `save_model_folder`).
+# Files that mark a folder as holding a finished model (written right after the weights by `save_model_folder`).
 FINISHED_MARKER = "metrics.json"
+SAVE_PREFIX = ".save-"      # the temporary folder the weights are written into before they move into place
 
 
 def check_output_dir(config: Config) -> None:
-    """Refuse to train into a folder that already holds a finished model or another run's checkpoints, unless told to."""
+    """Refuse an output folder that cannot be written, or that already holds a finished model or another run's
+    checkpoints unless told to replace it, or that has no checkpoint to resume: before any data is loaded."""
     out = Path(config.train.output_dir)
+    problem = check_writable(out)
+    if problem:
+        raise ConfigError("output_dir", f"{out} cannot be written: {problem}. Choose a folder you can write to "
+                                        "with --output_dir (a new one is created).")
+    if config.train.resume_from_checkpoint:
+        engine.find_checkpoint(out, config.train.resume_from_checkpoint)    # a missing one is an error now
     fresh = not (config.train.overwrite_output_dir or config.train.resume_from_checkpoint)
     if (out / FINISHED_MARKER).is_file() and fresh:
         raise ConfigError("output_dir", f"{out} already holds a finished model ({FINISHED_MARKER} exists). "
@@ -60,9 +71,18 @@ def check_output_dir(config: Config) -> None:
 
 
 def clear_output_dir(out: Path) -> None:
-    """For --overwrite_output_dir: drop the old run's checkpoints and its finished marker (main process only)."""
+    """For --overwrite_output_dir: drop the old run's checkpoints and its finished marker (main process only).
+
+    Called only once the new run's flags, data and model have been checked, right before it writes.
+    """
     shutil.rmtree(out / engine.CHECKPOINT_DIR, ignore_errors=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)
+
+
+def clean_leftovers(out: Path) -> None:
+    """What a killed save left behind: a half-written model folder (.save-*) or file (.NAME.*.tmp)."""
+    for path in remove_leftovers(out, f"{SAVE_PREFIX}*") + remove_leftovers(out, ".*.tmp"):
+        print(f"Removed {path.name} from {out}: a save that was cut short left it")
 
 
 def describe_hardware(accelerator: Accelerator) -> str:
@@ -78,8 +98,8 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     check_output_dir(config)
     accelerator = engine.build_accelerator(config)
     out = Path(config.train.output_dir)
-    if accelerator.is_main_process and config.train.overwrite_output_dir and not config.train.resume_from_checkpoint:
-        clear_output_dir(out)
+    if accelerator.is_main_process:
+        clean_leftovers(out)
     set_seed(config.train.seed)    # splits and model initialisation: identical on every process
     for note in models.prepare_model_config(config):   # timm: RGB input, --pretrained checked now, not after the data
         accelerator.print(note)
@@ -87,13 +107,17 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     # Data: the main process decodes first and fills the cache that the others then read.
     with accelerator.main_process_first():
         data = data_stage.load_data(config.data, seed=config.train.seed)
+    model, normalize = (None, None) if config.data.explore_only else build_model(config, data)
+    # Everything that can fail on the user's input has passed: only now may an old run's files go.
+    if accelerator.is_main_process and config.train.overwrite_output_dir and not config.train.resume_from_checkpoint:
+        clear_output_dir(out)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         data_stage.explore(data, config.data, out)
         save_config(config, out / "training_config.json")
     if config.data.explore_only:
         return None
 
-    model, normalize = build_model(config, data)
     summary = models.summarize_model(model, (data.num_channels, data.image_size, data.image_size))
     if accelerator.is_main_process:
         accelerator.print(summary)
@@ -134,8 +158,6 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     if config.train.report_to != "none":
         accelerator.end_training()
     if config.hub.push_to_hub and accelerator.is_main_process:
-        from . import hub
-
         hub.push_to_hub(out, config.hub.hub_model_id, private=config.hub.hub_private_repo, token=config.hub.hub_token)
     return results
 
@@ -179,34 +201,47 @@ def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Normalize
 
 def save_model_folder(model, data: "data_stage.ImageData", state: "engine.TrainerState", results: dict[str, Any],
                       test_predictions: tuple[np.ndarray, np.ndarray], out: Path) -> None:
-    """Write the Hub-format model folder: weights, configs, code, evidence, plots, card.
+    """Write the Hub-format model folder: weights, configs, code and evidence, then plots, examples and card.
 
-    The weights and processor are saved into a temporary folder and renamed into place file by
-    file; metrics.json, which marks a finished model, is written last.
+    The weights and processor are saved into a temporary folder and renamed into place file by file;
+    metrics.json, which marks a finished model, follows them at once. What comes after is optional: a
+    failure there is a warning naming the file, never the loss of a finished run. A full disk is a
+    `DiskFullError` that says how to finish the run from its last checkpoint.
     """
-    with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
-        models.save_pretrained(model, tmp)     # timm models: a folder stock timm loads too, with its processor
-        if not models.is_timm_model(model):
-            data_stage.build_image_processor(data.image_size, data.mean, data.std).save_pretrained(tmp)
-        replace_dir(tmp, out)
-    write_json(out / "history.json", state.history)
-    plots.plot_learning_curves(state.history, out / "plots" / "learning_curves.png")
-    plots.plot_confusion_matrix(np.asarray(results["test_confusion_matrix"]), data.class_names,
-                                out / "plots" / "confusion_matrix.png")
+    kept = (f"Nothing saved before is lost: the newest checkpoint in {out / engine.CHECKPOINT_DIR} holds the "
+            f"trained weights. Free some space, then finish the run with:\n  {resume_command()}")
+    with disk_full_is_an_error("the model files", out, kept):
+        with tempfile.TemporaryDirectory(dir=out, prefix=SAVE_PREFIX) as tmp:
+            models.save_pretrained(model, tmp)     # timm models: a folder stock timm loads too, with its processor
+            if not models.is_timm_model(model):
+                data_stage.build_image_processor(data.image_size, data.mean, data.std).save_pretrained(tmp)
+            replace_dir(tmp, out)
+        write_json(out / "history.json", state.history)
+        write_json(out / FINISHED_MARKER, results)
     logits, labels = test_predictions
-    plots.plot_misclassified(data.tensors["test"].images.numpy(), labels, metrics.softmax(logits), data.class_names,
-                             out / "plots" / "misclassified.png")
-    save_examples(data, out / "examples")
-    write_json(out / FINISHED_MARKER, results)
-    try:
-        from . import hub
-    except ImportError:   # the Hub stage is optional for a local run
-        return
-    hub.write_model_card(out)
+    optional = [   # (path in the folder, writer of that path)
+        ("plots/learning_curves.png", lambda path: plots.plot_learning_curves(state.history, path)),
+        ("plots/confusion_matrix.png", lambda path: plots.plot_confusion_matrix(
+            np.asarray(results["test_confusion_matrix"]), data.class_names, path)),
+        ("plots/misclassified.png", lambda path: plots.plot_misclassified(
+            data.tensors["test"].images.numpy(), labels, metrics.softmax(logits), data.class_names, path)),
+        ("examples", lambda path: save_examples(data, path)),
+        ("README.md", lambda path: hub.write_model_card(out)),       # the card, filled from the files above
+    ]
+    for name, write in optional:
+        try:
+            write(out / name)
+        except Exception as error:  # noqa: BLE001 - an optional artefact never costs the finished run
+            print(f"warning: could not write {out / name} ({type(error).__name__}: {error}); the model, "
+                  f"{FINISHED_MARKER} and the other files are saved.", file=sys.stderr, flush=True)
 
 
 def save_examples(data: "data_stage.ImageData", folder: Path, per_class: int = 2) -> None:
-    """A few test images per class as PNG (`<class>_<i>.png`), so the app and a Space have examples."""
+    """A few test images per class as PNG (`<class>_<i>.png`), so the app and a Space have examples.
+
+    Each is saved as the model sees it (`data.model_view`: RGB or grayscale, 8 bits), so any source mode
+    (CMYK, 16-bit, palette with transparency) becomes a PNG the app reads back to the same pixels.
+    """
     counts: dict[int, int] = {}
     split = data.splits["test"]
     for row in split.select(range(min(len(split), 50 * len(data.class_names)))):
@@ -216,7 +251,7 @@ def save_examples(data: "data_stage.ImageData", folder: Path, per_class: int = 2
         counts[label] = counts.get(label, 0) + 1
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in data.class_names[label])
         with atomic_path(folder / f"{name}_{counts[label]}.png") as tmp:
-            row["image"].save(tmp, format="PNG")
+            data_stage.model_view(row["image"], data.num_channels).save(tmp, format="PNG")
         if len(counts) == len(data.class_names) and min(counts.values()) >= per_class:
             break
 
