@@ -5,8 +5,9 @@ image sizes training uses (24x24 for progressive resizing's small epochs, 32x32)
     python bench/precision_speedup.py --models cnn-wide --batch_size 2000
 
 Training defaults to bf16 where the chip computes in it natively: a GPU that supports it, or, for cnn-fast and
-cnn-wide, a CPU with AVX512_BF16 or AMX (`engine.default_precision`); this prints that choice per model too. The step is compile_speedup.py's
-(forward + backward + SGD step on random channels_last tensors), eager, timed for at least --min_seconds.
+cnn-wide, a CPU with AVX512_BF16 or AMX (`engine.default_precision`); this prints that choice per model too. The
+step is compile_speedup.py's (forward + backward + SGD step on random channels_last tensors), eager, timed for at
+least --min_seconds. Rates print to 0.1 image/s and the ratio to 3 decimals, so the ratio can be checked from them.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def main() -> None:
         for side in args.image_sizes:
             rates = {bf16: measure(model, args.batch_size, args.steps, args.min_seconds, False, device, bf16, side)
                      ["images_per_second"] for bf16 in (False, True)}
-            print(f"  {model:<9} {side}x{side}: float32 {rates[False]:7.0f} images/s   bf16 autocast "
-                  f"{rates[True]:7.0f} images/s   bf16 / float32: {rates[True] / rates[False]:.2f}x", flush=True)
+            print(f"  {model:<9} {side}x{side}: float32 {rates[False]:9.1f} images/s   bf16 autocast "
+                  f"{rates[True]:9.1f} images/s   bf16 / float32: {rates[True] / rates[False]:.3f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ from PIL import Image
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
-from image_classifier.inference import Predictor, find_latest_model, load_image  # noqa: E402
+from image_classifier.images import load_image  # noqa: E402
+from image_classifier.inference import Predictor  # noqa: E402
+from image_classifier.model_folder import find_latest_model  # noqa: E402
 from timing import synchronize, time_steps  # noqa: E402
 
 

@@ -42,7 +42,7 @@ from accelerate.utils import set_seed
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
-from image_classifier import engine, models  # noqa: E402
+from image_classifier import engine, models, optim  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.data import ImageTensors, load_data  # noqa: E402
 from image_classifier.metrics import compute_metrics  # noqa: E402
@@ -91,7 +91,7 @@ def bare_images_per_second(model, accelerator, batch_size: int, image_shape: tup
     Timed over at least `steps` steps (after 3 warm-up ones) and at least `min_seconds` (see timing.time_steps).
     Returns images_per_second with the steps and seconds it was measured over.
     """
-    optimizer = accelerator.prepare(engine.build_optimizer(model, config.train))
+    optimizer = accelerator.prepare(optim.build_optimizer(model, config.train))
     x = torch.randn(batch_size, *image_shape, device=accelerator.device)
     y = torch.randint(0, model.config.num_labels, (batch_size,), device=accelerator.device)
     model.train()

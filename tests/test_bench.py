@@ -110,4 +110,8 @@ def test_precision_speedup_prints_both_rates_and_the_ratio_per_model_and_size():
     assert [row[1] for row in rows] == ["24x24:", "16x16:"]
     for row in rows:        # cnn-fast 24x24: float32 R images/s bf16 autocast R images/s bf16 / float32: Rx
         fp32, bf16, ratio = float(row[3]), float(row[7]), float(row[-1].rstrip("x"))
-        assert fp32 > 0 and bf16 > 0 and abs(ratio - bf16 / fp32) <= 0.01 + 0.01 * ratio
+        assert fp32 > 0 and bf16 > 0
+        # The printed rates are rounded to 0.05 and the ratio to 0.0005: the exact ratio lies within those bounds,
+        # however slow a loaded machine makes the steps.
+        low, high = (bf16 - 0.05) / (fp32 + 0.05), (bf16 + 0.05) / max(fp32 - 0.05, 1e-9)
+        assert low - 0.0005 <= ratio <= high + 0.0005, (row, low, high)

@@ -18,7 +18,8 @@ from conftest import ALL_MODES, make_image
 from image_classifier.augment import Normalize
 from image_classifier.config import DataArguments
 from image_classifier.data import (ALIASES, CorruptImageWarning, DataError, ImageTensors, build_image_data,
-                                   build_image_processor, decode_image, explore, load_data, resolve_dataset)
+                                   build_image_processor, load_data, resolve_dataset)
+from image_classifier.images import decode_image
 from image_classifier.data import _find_columns, _stratified_split
 
 
@@ -382,31 +383,6 @@ def test_image_processor_composites_transparency_like_our_decoding(tmp_path):
     theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
     ours = Normalize([0.5] * 3, [0.25] * 3)(decode_image(image, 3, 10).unsqueeze(0))[0]
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
-
-
-# ------------------------------------------------------------------------------------------------
-# Exploration
-# ------------------------------------------------------------------------------------------------
-
-
-def test_explore_writes_the_summary_and_three_figures(tiny_image_folder, tmp_path, capsys):
-    args = args_for(tiny_image_folder, tmp_path / "cache", rotation_degrees=10)
-    data = load_data(args, seed=0)
-    state = torch.random.get_rng_state()
-    summary = explore(data, args, tmp_path / "out")
-    assert torch.equal(torch.random.get_rng_state(), state), "the preview must not consume training randomness"
-    written = json.loads((tmp_path / "out" / "data_summary.json").read_text())
-    assert written == json.loads(json.dumps(summary))
-    for key in ("dataset", "dataset_resolved", "image_column", "label_column", "class_names", "splits",
-                "image_sizes", "image_modes", "imbalance_ratio", "skipped_images", "num_channels", "image_size",
-                "mean", "std", "augmentation"):
-        assert key in written, key
-    assert written["class_names"] == ["blue", "green", "red"]
-    assert any("rotation" in item for item in written["augmentation"])
-    for name in ("samples.png", "class_distribution.png", "augmentation.png"):
-        assert (tmp_path / "out" / "plots" / name).stat().st_size > 1000, name
-    printed = capsys.readouterr().out
-    assert "3 classes: blue, green, red" in printed
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from image_classifier.augment import BatchAugment
 from image_classifier.config import ConfigError, parse_config, save_config
 from image_classifier.engine import _sync_batchnorm, find_checkpoint
 from image_classifier.interrupt import StopOnSignal, TrainingInterrupted, resume_command
-from image_classifier.runner import check_output_dir, clear_output_dir, run
+from image_classifier.model_folder import clear_finished_run
+from image_classifier.runner import check_output_dir, run
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"      # the venv's launcher, beside its python
@@ -342,7 +343,7 @@ def test_half_written_checkpoints_are_ignored_and_old_runs_are_not_mixed_in(tmp_
         check_output_dir(parse_config([*resume, *wide, "--progressive_resize_epochs", "0"]))
     check_output_dir(parse_config([*resume, *wide, "--progressive_resize_epochs", "5"]))
     (tmp_path / "metrics.json").write_text("{}")
-    clear_output_dir(tmp_path)
+    clear_finished_run(tmp_path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
     check_output_dir(config)
 

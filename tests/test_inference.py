@@ -8,16 +8,12 @@ well separated and orderings are stable).
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import threading
 import time
-import warnings
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,8 +23,9 @@ import torch
 from PIL import Image
 
 from hub_fixtures import USER, WRITE_TOKEN, hub, hub_env  # noqa: F401  (fixtures: a local Hub stand-in)
-from image_classifier.inference import (MAX_SIDE, ImageError, Predictor, find_examples, find_latest_model,
-                                        load_image, model_info)
+from image_classifier.images import ImageError, load_image
+from image_classifier.inference import Predictor, model_info
+from image_classifier.model_folder import find_examples, find_latest_model
 
 CLASSES = ["airplane", "cat", "dog", "ship"]
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
@@ -105,202 +102,6 @@ def reference_probs(model_dir: Path, images) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# load_image
-# --------------------------------------------------------------------------------------------
-
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _gradient(mode_size=(24, 16)) -> Image.Image:
-    w, h = mode_size
-    y, x = np.mgrid[0:h, 0:w]
-    return Image.fromarray(np.stack([x * 10, y * 15, (x + y) * 5], -1).astype(np.uint8), "RGB")
-
-
-@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV",
-                                  "I", "F", "I;16", "I;16B"])
-def test_load_image_every_mode_becomes_rgb_of_the_same_size(mode):
-    src = _gradient()
-    if mode in ("I;16", "I;16B"):
-        img = Image.fromarray((np.asarray(src.convert("L"), np.uint16) * 257))
-        img = img if mode == "I;16" else Image.frombytes("I;16B", img.size, np.asarray(img).astype(">u2").tobytes())
-    elif mode == "PA":
-        img = src.convert("P").convert("PA")
-    else:
-        img = src.convert(mode)
-    assert img.mode == mode
-    out = load_image(img)
-    assert out.mode == "RGB" and out.size == src.size
-
-
-def test_load_image_gray_and_palette_values():
-    src = _gradient()
-    gray = np.asarray(src.convert("L"))
-    out = np.asarray(load_image(src.convert("L")))
-    assert (out == gray[..., None]).all()
-    pal = src.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
-    assert np.array_equal(np.asarray(load_image(pal)), np.asarray(pal.convert("RGB")))
-    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))      # pure red in CMYK
-    assert np.asarray(load_image(cmyk))[0, 0].tolist() == [255, 0, 0]
-
-
-def test_load_image_composites_transparency_on_white():
-    rgba = np.zeros((2, 3, 4), np.uint8)
-    rgba[..., 0] = 255                       # red everywhere
-    rgba[0, 0, 3] = 255                      # opaque red
-    rgba[0, 1, 3] = 0                        # fully transparent -> white
-    rgba[0, 2, 3] = 128                      # half transparent -> pink
-    rgba[1, :, 3] = 0
-    out = np.asarray(load_image(Image.fromarray(rgba, "RGBA"))).astype(int)
-    assert out[0, 0].tolist() == [255, 0, 0]
-    assert out[0, 1].tolist() == [255, 255, 255]
-    assert out[0, 2, 0] == 255 and abs(out[0, 2, 1] - 127) <= 1 and abs(out[0, 2, 2] - 127) <= 1
-    # the same through a PNG file, and LA, and a palette image with a transparent index
-    png = _encode(Image.fromarray(rgba, "RGBA"), "PNG")
-    assert np.asarray(load_image(png))[1, 0].tolist() == [255, 255, 255]
-    la = Image.fromarray(np.stack([np.zeros((2, 2), np.uint8), np.array([[255, 0], [0, 0]], np.uint8)], -1), "LA")
-    assert np.asarray(load_image(la)).tolist() == [[[0, 0, 0], [255, 255, 255]], [[255, 255, 255]] * 2]
-    p = Image.new("P", (2, 1), 0)
-    p.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
-    p.putpixel((1, 0), 1)
-    p.info["transparency"] = 0
-    p2 = Image.open(io.BytesIO(_encode(p, "PNG")))
-    assert p2.mode == "P" and "transparency" in p2.info
-    assert np.asarray(load_image(p2)).tolist() == [[[255, 255, 255], [10, 20, 30]]]
-
-
-def test_load_image_scales_16_bit_instead_of_clipping(tmp_path):
-    values = np.array([[0, 256, 32768, 65535]], np.uint16)
-    img = Image.fromarray(values)
-    assert img.mode == "I;16"
-    expected = [0, 1, 128, 255]                   # clipping would give 0, 255, 255, 255
-    assert np.asarray(load_image(img))[0, :, 0].tolist() == expected
-    # a 16-bit PNG on disk (Pillow opens it as I;16 or I depending on the version)
-    img.save(tmp_path / "deep.png")
-    assert np.asarray(load_image(tmp_path / "deep.png"))[0, :, 0].tolist() == expected
-    # 16-bit values held in a 32-bit "I" image, and a uint16 array
-    assert np.asarray(load_image(img.convert("I")))[0, :, 0].tolist() == expected
-    assert np.asarray(load_image(values))[0, :, 0].tolist() == expected
-
-
-def test_load_image_arrays():
-    hwc = np.zeros((5, 7, 3), np.uint8)
-    hwc[..., 1] = 200
-    assert load_image(hwc).size == (7, 5) and load_image(hwc).getpixel((0, 0)) == (0, 200, 0)
-    assert load_image(np.moveaxis(hwc, -1, 0)).size == (7, 5)                  # CHW
-    assert load_image(np.full((5, 7), 0.5, np.float32)).getpixel((0, 0)) == (128, 128, 128)
-    assert load_image(np.zeros((5, 7, 1), np.uint8)).mode == "RGB"
-    assert load_image(np.ones((3, 3), bool)).getpixel((1, 1)) == (255, 255, 255)
-    rgba = np.zeros((2, 2, 4), np.uint8)
-    assert load_image(rgba).getpixel((0, 0)) == (255, 255, 255)                 # transparent -> white
-    with pytest.raises(ImageError, match="shape"):
-        load_image(np.zeros((2, 2, 2, 2), np.uint8))
-    with pytest.raises(ImageError, match="empty"):
-        load_image(np.zeros((0, 4, 3), np.uint8))
-
-
-def test_load_image_applies_exif_orientation(tmp_path):
-    img = Image.new("RGB", (40, 20), (200, 30, 30))
-    img.paste((30, 30, 200), (0, 0, 10, 20))          # a blue band on the left edge
-    exif = Image.Exif()
-    exif[0x0112] = 6                                  # "rotate 90 CW to display"
-    path = tmp_path / "phone.jpg"
-    img.save(path, "JPEG", exif=exif, quality=95)
-    assert Image.open(path).size == (40, 20)
-    out = load_image(path)
-    assert out.size == (20, 40)                       # transposed
-    top = np.asarray(out)[:3].mean(axis=(0, 1))
-    assert top[2] > top[0]                            # the left band is now on top
-    assert load_image(path.read_bytes()).size == (20, 40)
-    with open(path, "rb") as f:
-        assert load_image(f).size == (20, 40)
-
-
-def test_load_image_one_pixel():
-    out = load_image(Image.new("RGB", (1, 1), (1, 2, 3)))
-    assert out.size == (1, 1) and out.getpixel((0, 0)) == (1, 2, 3)
-    assert load_image(_encode(Image.new("L", (1, 1), 7), "PNG")).getpixel((0, 0)) == (7, 7, 7)
-
-
-def test_load_image_downscales_large_photos_early(tmp_path, monkeypatch):
-    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), np.uint8), "RGB")
-    path = tmp_path / "big.jpg"
-    big.save(path, "JPEG", quality=80)
-    decoded_sizes = []
-    original_load = Image.Image.load
-
-    def spy_load(self):
-        decoded_sizes.append(self.size)
-        return original_load(self)
-
-    monkeypatch.setattr(Image.Image, "load", spy_load)
-    out = load_image(path)
-    monkeypatch.undo()
-    assert max(out.size) == MAX_SIDE and out.size == (1024, 768)
-    assert decoded_sizes[0] == (2000, 1500)          # libjpeg decoded at 1/2 scale (draft), not 4000x3000
-    for mode in ("L", "CMYK"):                       # draft keeps the JPEG's own mode
-        big.convert(mode).save(tmp_path / f"big-{mode}.jpg", "JPEG")
-        assert load_image(tmp_path / f"big-{mode}.jpg").size == (1024, 768)
-    wide = Image.new("L", (5000, 100), 9)
-    assert load_image(wide).size == (1024, 20)
-    assert load_image(wide, max_side=None).size == (5000, 100)
-    assert load_image(Image.new("RGB", (300, 200)), max_side=100).size == (100, 67)
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims to be width x height: decoding it would allocate the whole image."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
-
-
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_load_image_refuses_decompression_bombs(tmp_path):
-    # above 2x PIL's limit: PIL itself raises DecompressionBombError when opening
-    with pytest.raises(ImageError, match="decompression bomb"):
-        load_image(_png_header_only(30_000, 30_000))
-    # between 1x and 2x the limit: PIL only warns; we refuse as well, before decoding
-    path = tmp_path / "bomb.png"
-    path.write_bytes(_png_header_only(10_000, 10_000))
-    with pytest.raises(ImageError, match="decompression bomb") as err:
-        load_image(path)
-    assert "100,000,000 pixels" in str(err.value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")                  # also when warnings are errors
-        with pytest.raises(ImageError, match="decompression bomb"):
-            load_image(path)
-    with pytest.raises(ImageError, match="decompression bomb"):
-        load_image(Image.new("L", (100, 100)), max_pixels=5_000)
-    assert issubclass(ImageError, ValueError)
-
-
-def test_load_image_rejects_what_is_not_an_image(tmp_path):
-    text = tmp_path / "notes.png"
-    text.write_text("this is not an image")
-    with pytest.raises(ImageError, match="notes.png is not an image"):
-        load_image(text)
-    with pytest.raises(ImageError, match="not an image"):
-        load_image(b"GIF89a but not really")
-    with pytest.raises(ImageError, match="empty"):
-        load_image(b"")
-    (tmp_path / "empty.jpg").write_bytes(b"")
-    with pytest.raises(ImageError, match="empty"):
-        load_image(tmp_path / "empty.jpg")
-    with pytest.raises(ImageError, match="no such image file"):
-        load_image(tmp_path / "missing.png")
-    png = _encode(_gradient((64, 64)), "PNG")
-    with pytest.raises(ImageError):
-        load_image(png[: len(png) // 2])            # truncated
-    with pytest.raises(ImageError, match="cannot read an image from a int"):
-        load_image(42)
-
-
-# --------------------------------------------------------------------------------------------
 # Predictor
 # --------------------------------------------------------------------------------------------
 
@@ -316,6 +117,12 @@ def test_predictor_top_k_sorted_and_bounded(predictor, model_dir):
     assert len(predictor.predict(example_image(0, 0), top_k=50)) == len(CLASSES)       # clipped
     assert predictor.labels == CLASSES
     assert predictor.predict_batch([], top_k=3) == []
+
+
+def _gradient(size=(24, 16)) -> Image.Image:
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    return Image.fromarray(np.stack([x * 10, y * 15, (x + y) * 5], -1).astype(np.uint8), "RGB")
 
 
 @pytest.mark.parametrize("num_channels", [3, 1])
@@ -483,7 +290,8 @@ def test_model_info_omits_what_is_missing(tmp_path):
 
 def test_model_info_for_an_unreachable_hub_id():
     """A Hub id with no network: every field is omitted, nothing raises."""
-    code = ("from image_classifier.inference import model_info, find_examples; "
+    code = ("from image_classifier.inference import model_info; "
+            "from image_classifier.model_folder import find_examples; "
             "print(model_info('someone/not-a-model'), find_examples('someone/not-a-model'))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

@@ -313,7 +313,7 @@ def test_bad_airbench_options_are_refused():
 
 
 def test_parameter_groups_scale_the_bias_learning_rate_with_the_same_decay_per_step():
-    from image_classifier.models import parameter_groups
+    from image_classifier.optim import parameter_groups
 
     model = make("cnn-fast", **SMALL)
     plain = parameter_groups(model, lr=0.5, weight_decay=1e-3)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from image_classifier.config import parse_config
-from image_classifier.engine import build_optimizer
+from image_classifier.optim import build_optimizer
 from image_classifier.models import create_model
 from image_classifier.optim import Muon, orthogonalize
 

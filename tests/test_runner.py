@@ -4,7 +4,6 @@ output folder that cannot be written, a full disk while saving, and what a kille
 The full-disk and read-only cases run on a real small tmpfs (mounting needs root, as CI runs); elsewhere they
 skip and say so."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,9 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import make_image
-from image_classifier import engine, plots, runner
+from image_classifier import engine, model_folder, plots, runner
 from image_classifier.config import ConfigError, parse_config
-from image_classifier.data import DataError, model_view
+from image_classifier.data import DataError
+from image_classifier.images import read_image
 from image_classifier.files import DiskFullError
 from image_classifier.runner import run
 from test_engine import MODEL_FILES, PLOTS, tiny_args
@@ -104,7 +104,7 @@ def test_a_mixed_mode_folder_with_cmyk_finishes_with_every_output_file(mixed_ima
     # A CMYK JPEG is saved as the RGB the model sees, and reading the PNG back gives those pixels.
     cmyk = make_image("CMYK")
     saved = tmp_path / "cmyk.png"
-    model_view(cmyk, 3).save(saved)
+    read_image(cmyk, 3)[0].save(saved)
     with Image.open(saved) as back:
         assert np.array_equal(np.asarray(back), np.asarray(cmyk.convert("RGB")))
 
@@ -117,7 +117,10 @@ def test_a_failing_optional_artefact_is_a_warning_and_the_run_finishes(tiny_imag
     monkeypatch.setattr(plots, "plot_confusion_matrix", broken)
     out = tmp_path / "run"
     run(parse_config(tiny_args(tiny_image_folder, out)))
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    # the recipe and every value it led to, at the start of the run
+    assert "Recipe airbench on cpu (cnn-fast): --optimizer muon, --per_device_train_batch_size 16, " in captured.out
     assert f"warning: could not write {out / 'plots' / 'confusion_matrix.png'}" in err
     assert "the plotting backend fell over" in err
     for name in ("metrics.json", "model.safetensors", "README.md"):
@@ -233,7 +236,7 @@ def test_a_save_cut_short_is_cleaned_up_by_the_next_run(finished, tiny_image_fol
     (out / ".save-abc123").mkdir()
     (out / ".save-abc123" / "model.safetensors").write_bytes(b"half")
     (out / ".metrics.json.xyz.tmp").write_text("{")
-    runner.clean_leftovers(out)
+    model_folder.clean_leftovers(out)
     assert not (out / ".save-abc123").exists() and not (out / ".metrics.json.xyz.tmp").exists()
     assert "Removed .save-abc123" in capsys.readouterr().out
     assert snapshot(out) == snapshot(finished)

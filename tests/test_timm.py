@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hub_fixtures import USER, WRITE_TOKEN, hub, hub_env  # noqa: F401
-from image_classifier import models
+from image_classifier import models, optim
 from image_classifier.config import ConfigError, parse_config
 from image_classifier.runner import run
 
@@ -68,7 +68,7 @@ def _images(folder: Path) -> list[Path]:
 def _reference(model, paths: list[Path], out: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The training/evaluation preprocessing (decode_image + Normalize) and the trained model's logits on it."""
     from image_classifier.augment import Normalize
-    from image_classifier.data import decode_image
+    from image_classifier.images import decode_image
 
     config = json.loads((out / "config.json").read_text())
     size = config["pretrained_cfg"]["input_size"][-1]
@@ -354,7 +354,7 @@ def test_timm_initialization_is_timms_own():
 
 def test_parameter_groups_split_head_and_backbone_with_their_learning_rates():
     model = models.create_model(f"timm/{ARCH}", class_names=CLASSES, num_channels=3, image_size=16)
-    groups = models.parameter_groups(model, lr=0.1, backbone_lr=0.01, weight_decay=5e-4)
+    groups = optim.parameter_groups(model, lr=0.1, backbone_lr=0.01, weight_decay=5e-4)
     assert [(g["backbone"], g["lr"]) for g in groups][0] == (False, 0.1)      # the logged lr is the head's
     head = {id(p) for p in model.timm_model.fc.parameters()}
     for g in groups:
@@ -364,14 +364,14 @@ def test_parameter_groups_split_head_and_backbone_with_their_learning_rates():
         assert all(p.ndim > 1 for p in g["params"]) or all(p.ndim <= 1 for p in g["params"])
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters()) and len(set(grouped)) == len(grouped)
-    same = models.parameter_groups(model, lr=0.1)                             # default: one learning rate
+    same = optim.parameter_groups(model, lr=0.1)                             # default: one learning rate
     assert {g["lr"] for g in same} == {0.1}
 
 
 def test_freeze_backbone_keeps_the_backbone_still_until_released():
     torch.manual_seed(0)
     model = models.create_model(f"timm/{ARCH}", class_names=CLASSES, num_channels=3, image_size=16)
-    optimizer = torch.optim.SGD(models.parameter_groups(model, lr=0.1, weight_decay=5e-4), lr=0.1, momentum=0.9)
+    optimizer = torch.optim.SGD(optim.parameter_groups(model, lr=0.1, weight_decay=5e-4), lr=0.1, momentum=0.9)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))
 
     def step():
@@ -380,7 +380,7 @@ def test_freeze_backbone_keeps_the_backbone_still_until_released():
         optimizer.step()
 
     params = lambda: {n: p.detach().clone() for n, p in model.timm_model.named_parameters()}   # noqa: E731
-    assert models.freeze_backbone(optimizer, True) is True
+    assert optim.freeze_backbone(optimizer, True) is True
     before = params()
     step()
     step()
@@ -389,7 +389,7 @@ def test_freeze_backbone_keeps_the_backbone_still_until_released():
         moved = not torch.equal(before[name], after[name])
         assert moved == name.startswith("fc."), name
     assert all(not optimizer.state.get(p) for g in optimizer.param_groups if g["backbone"] for p in g["params"])
-    assert models.freeze_backbone(optimizer, True) is False                   # nothing changed
-    assert models.freeze_backbone(optimizer, False) is True
+    assert optim.freeze_backbone(optimizer, True) is False                   # nothing changed
+    assert optim.freeze_backbone(optimizer, False) is True
     step()
     assert not torch.equal(after["conv1.0.weight"], model.timm_model.conv1[0].weight.detach())

@@ -6,7 +6,7 @@
 
 Adding a command: write `_add_NAME(subparsers)` that adds a sub-parser with `set_defaults(run=fn)`,
 where `fn(args) -> int` is the exit status, and append it to `COMMANDS`. Errors a user can fix
-(`HubError`, `ConfigError`, ...; see `USER_ERRORS`) are printed as one paragraph on stderr with exit
+(`HubError`, `ConfigError`, ...; see `cli.USER_ERRORS`) are printed as one paragraph on stderr with exit
 status 1, no traceback.
 """
 
@@ -17,7 +17,9 @@ import os
 import sys
 from typing import Callable, Optional
 
-__all__ = ["main", "build_parser", "COMMANDS", "USER_ERRORS"]
+from .cli import user_errors
+
+__all__ = ["main", "build_parser", "COMMANDS"]
 
 
 def _add_push(subparsers) -> None:
@@ -73,23 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors that carry a message for the user (not a bug), by module: printed without a traceback.
-USER_ERRORS = {"hub": "HubError", "config": "ConfigError", "data": "DataError", "inference": "ImageError"}
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    # Only modules already imported can have raised: look them up rather than import them here.
-    modules = {name: sys.modules.get(f"image_classifier.{name}") for name in USER_ERRORS}
-    return tuple(getattr(module, USER_ERRORS[name]) for name, module in modules.items()
-                 if module is not None and hasattr(module, USER_ERRORS[name]))
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `image-classifier` and `python -m image_classifier`; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except _user_errors() as error:
+    except user_errors() as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one paragraph, as one line
         return 1
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ its flags and calls it, so the same file runs locally and as a Hugging Face Spac
 can be found or loaded, the page says how to train one or which `MODEL_ID` to set instead of
 showing a traceback.
 
-Every image, uploaded or from an example, goes through `inference.load_image` (EXIF rotation,
+Every image, uploaded or from an example, goes through `images.load_image` (EXIF rotation,
 transparency on white, 16-bit scaling, size limits), then the model's own saved image processor.
 """
 
@@ -21,9 +21,10 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr
 
-from .files import atomic_path
-from .inference import (ImageError, Predictor, find_examples, find_latest_model, is_local_model, load_image,
-                        looks_like_local_path, model_info)
+from .files import atomic_path, looks_like_local_path
+from .images import ImageError, load_image
+from .inference import Predictor, model_info
+from .model_folder import find_examples, find_latest_model, is_local_model
 
 __all__ = ["create_app", "build_app", "build_missing_model_app", "resolve_model", "image_input",
            "launch_kwargs", "LAUNCH_KWARGS", "QUEUE_KWARGS", "MAX_BATCH_FILES"]

@@ -6,22 +6,19 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["exit_on_user_error"]
+__all__ = ["exit_on_user_error", "user_errors", "USER_ERRORS"]
+
+# Errors that carry a message for the user (not a bug), by module. Only modules already imported can have
+# raised them, so they are looked up, not imported (`python -m image_classifier predict` never loads the Hub stage).
+USER_ERRORS = {"config": "ConfigError", "data": "DataError", "files": "DiskFullError", "hub": "HubError",
+               "images": "ImageError"}
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .data import DataError
-    from .files import DiskFullError
-
-    errors: list[type[BaseException]] = [ConfigError, DataError, DiskFullError, FileNotFoundError]
-    try:
-        from .hub import HubError
-    except ImportError:
-        pass
-    else:
-        errors.append(HubError)
-    return tuple(errors)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The user-error classes of the modules loaded so far, and FileNotFoundError (a path that is not there)."""
+    modules = {name: sys.modules.get(f"image_classifier.{name}") for name in USER_ERRORS}
+    return tuple(getattr(module, USER_ERRORS[name]) for name, module in modules.items()
+                 if module is not None and hasattr(module, USER_ERRORS[name])) + (FileNotFoundError,)
 
 
 @contextmanager
@@ -44,7 +41,7 @@ def exit_on_user_error() -> Iterator[None]:
         # Leave together: a launcher that sees one process end first terminates the rest, maybe mid-print.
         state.wait_for_everyone()
         sys.exit(stopped.exit_code)
-    except _user_errors() as error:
+    except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except OSError as error:

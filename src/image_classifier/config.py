@@ -7,14 +7,17 @@ Invalid values fail at start-up with a `ConfigError` that names the flag.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
+
+from .recipes import (MODEL_RECIPES, OPTIMIZERS, RECIPES, default_model, optimizer_defaults, recipe_for,
+                      schedule_defaults)
 
 __all__ = [
     "ConfigError",
@@ -44,6 +47,12 @@ def _require(ok: bool, flag: str, problem: str) -> None:
 def _fraction(value: float, flag: str, low_open: bool = False) -> None:
     ok = (0.0 < value < 1.0) if low_open else (0.0 <= value < 1.0)
     _require(ok, flag, f"must be a fraction in {'(' if low_open else '['}0, 1), got {value}")
+
+
+# The recipes' values, for the help texts (see recipes.py): airbench (cnn-fast, cnn-wide) and the rest.
+_A, _S = RECIPES["airbench"], RECIPES["sgd_onecycle"]
+_MUON, _SGD, _ADAM = OPTIMIZERS["muon"], OPTIMIZERS["sgd"], OPTIMIZERS["adam"]
+_AIRBENCH_MODELS = "/".join(m for m, r in MODEL_RECIPES.items() if r == "airbench")
 
 
 @dataclass
@@ -209,7 +218,7 @@ class ModelArguments:
 
     def __post_init__(self):
         if self.model is None:
-            self.model = "cnn-wide" if training_on_cuda() else "cnn-fast"
+            self.model = default_model(training_on_cuda())
         _require(bool(self.model), "model", "must name a preset or a timm architecture (timm/NAME)")
         _require(self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", "must be >= 0 (0 disables)")
         _require(self.backbone_learning_rate is None or self.backbone_learning_rate > 0, "backbone_learning_rate",
@@ -247,20 +256,26 @@ class TrainingArguments:
         default=False, metadata={"help": "Allow writing into a folder that already holds a finished model."}
     )
     seed: int = field(default=42, metadata={"help": "Random seed for model initialisation, splits and data order."})
+    recipe: Optional[Literal["airbench", "sgd_onecycle"]] = field(
+        default=None, metadata={"help": f"The training recipe (recipes.py) that fills the optimizer, batch, schedule, "
+                                        f"epoch and resizing options left unset: airbench (airbench94_muon) for "
+                                        f"{_AIRBENCH_MODELS}, sgd_onecycle otherwise. The run prints its values."}
+    )
     num_train_epochs: Optional[float] = field(
-        default=None, metadata={"help": "Training epochs (passes over the train split). Default: 11 for cnn-fast/"
-                                        "cnn-wide (on a CPU the first 5 at 3/4 size, see --progressive_resize_epochs), 10 "
-                                        "otherwise."}
+        default=None, metadata={"help": f"Training epochs (passes over the train split). Default: "
+                                        f"{_A['num_train_epochs']:g} for {_AIRBENCH_MODELS} (on a CPU the first "
+                                        f"{_A['resize_epochs_cpu'][0]} at 3/4 size, see --progressive_resize_epochs), "
+                                        f"{_S['num_train_epochs']:g} otherwise."}
     )
     max_train_steps: Optional[int] = field(
         default=None, metadata={"help": "Stop after this many optimizer steps; overrides --num_train_epochs."}
     )
     per_device_train_batch_size: Optional[int] = field(
-        default=None, metadata={"help": "Training images per step per process (capped at the train split's size). "
-                                        "Default for cnn-fast/cnn-wide: 1000 on CPU (half airbench's 2000: twice the "
-                                        "steps per epoch, +0.5 points at 10 epochs there), 2000 on a CUDA GPU (its steps "
-                                        "are launch-bound, so half as many reach 90%% about a quarter sooner); 256 "
-                                        "otherwise."}
+        default=None, metadata={"help": f"Training images per step per process (capped at the train split's size). "
+                                        f"Default for {_AIRBENCH_MODELS}: {_A['batch_cpu']} on CPU (half airbench's "
+                                        f"{_A['batch_cuda']}: twice the steps per epoch, +0.5 points at 10 epochs "
+                                        f"there), {_A['batch_cuda']} on a CUDA GPU (its steps are launch-bound, so half "
+                                        f"as many reach 90%% about a quarter sooner); {_S['batch_cpu']} otherwise."}
     )
     per_device_eval_batch_size: int = field(default=512, metadata={"help": "Evaluation images per step per process."})
     gradient_accumulation_steps: int = field(
@@ -278,32 +293,37 @@ class TrainingArguments:
     )
     optimizer: Optional[Literal["muon", "sgd", "adam", "adamw"]] = field(
         default=None,
-        metadata={"help": "muon: Muon for convolution kernels, SGD for the rest (airbench94_muon; its SGD rates suit "
-                          "cnn-fast/cnn-wide); sgd (Nesterov); adam; adamw. Default: muon for cnn-fast/cnn-wide, sgd "
-                          "otherwise."},
+        metadata={"help": f"muon: Muon for convolution kernels, SGD for the rest (airbench94_muon; its SGD rates suit "
+                          f"{_AIRBENCH_MODELS}); sgd (Nesterov); adam; adamw. Default: {_A['optimizer']} for "
+                          f"{_AIRBENCH_MODELS}, {_S['optimizer']} otherwise."},
     )
     learning_rate: Optional[float] = field(
-        default=None, metadata={"help": "Peak learning rate (with muon: the kernels' Muon step). Default: muon "
-                                        "0.24 x sqrt(batch / 2000) (airbench's 0.24 at its batch of 2000; 0.17 at 1000), "
-                                        "0.2 for sgd, 0.001 for adam/adamw. Batch: per process x accumulation steps."}
+        default=None, metadata={"help": f"Peak learning rate (with muon: the kernels' Muon step). Default: muon "
+                                        f"{_MUON['learning_rate_at_2000']} x sqrt(batch / 2000) (airbench's "
+                                        f"{_MUON['learning_rate_at_2000']} at its batch of 2000; 0.17 at 1000), "
+                                        f"{_SGD['learning_rate']} for sgd, {_ADAM['learning_rate']} for adam/adamw. "
+                                        f"Batch: per process x accumulation steps."}
     )
     sgd_learning_rate: Optional[float] = field(
-        default=None, metadata={"help": "With --optimizer muon: peak SGD learning rate of the other parameters (output "
-                                        "layer, biases, BatchNorm), per mean-loss gradient. Default: 0.67 x batch "
-                                        "(airbench's 0.67 per image, for cnn-fast's 1/192-scaled logits: 670 at 1000)."}
+        default=None, metadata={"help": f"With --optimizer muon: peak SGD learning rate of the other parameters "
+                                        f"(output layer, biases, BatchNorm), per mean-loss gradient. Default: "
+                                        f"{_MUON['sgd_learning_rate_per_image']} x batch (airbench's per image, for "
+                                        f"cnn-fast's 1/192-scaled logits: 670 at 1000)."}
     )
     bias_learning_rate_scale: Optional[float] = field(
-        default=None, metadata={"help": "Learning-rate multiplier of the biases and norm parameters, whose weight decay "
-                                        "is then divided by it (the same decay per step as the weights). Unset: they "
-                                        "train at the learning rate without decay; default 0.079 with muon (airbench)."}
+        default=None, metadata={"help": f"Learning-rate multiplier of the biases and norm parameters, whose weight "
+                                        f"decay is then divided by it (the same decay per step as the weights). "
+                                        f"Unset: they train at the learning rate without decay; default "
+                                        f"{_MUON['bias_learning_rate_scale']} with muon (airbench)."}
     )
     weight_decay: Optional[float] = field(
-        default=None, metadata={"help": "Weight decay (L2 for sgd/adam and muon's SGD part, decoupled for adamw; "
-                                        "Muon's kernels keep a fixed norm instead). Default: 3e-6 for muon (0.002 "
-                                        "per step at 670), 5e-4 otherwise."}
+        default=None, metadata={"help": f"Weight decay (L2 for sgd/adam and muon's SGD part, decoupled for adamw; "
+                                        f"Muon's kernels keep a fixed norm instead). Default: {_MUON['weight_decay']:g} "
+                                        f"for muon (0.002 per step at 670), {_SGD['weight_decay']:g} otherwise."}
     )
     momentum: Optional[float] = field(
-        default=None, metadata={"help": "SGD momentum (muon: of its SGD part). Default: 0.85 for muon, 0.9 for sgd."}
+        default=None, metadata={"help": f"SGD momentum (muon: of its SGD part). Default: {_MUON['momentum']} for "
+                                        f"muon, {_SGD['momentum']} for sgd."}
     )
     muon_momentum: float = field(default=0.6, metadata={"help": "With --optimizer muon: the kernels' momentum."})
     nesterov: bool = field(default=True, metadata={"help": "Use Nesterov momentum with SGD and Muon."})
@@ -313,14 +333,15 @@ class TrainingArguments:
     max_grad_norm: float = field(default=0.0, metadata={"help": "Clip gradients to this L2 norm; 0 disables."})
     lr_scheduler_type: Optional[Literal["constant", "linear", "onecycle", "triangle", "cosine", "plateau"]] = field(
         default=None,
-        metadata={"help": "constant; linear (warm-up then linear decay to 0); onecycle; triangle (linear from 0.2x to "
-                          "the peak over the warm-up, then linear to 0.07x: airbench); cosine (warm-up then cosine); "
-                          "plateau (reduce on a stalled validation metric). Default: linear for cnn-fast/cnn-wide, "
-                          "onecycle otherwise."},
+        metadata={"help": f"constant; linear (warm-up then linear decay to 0); onecycle; triangle (linear from 0.2x to "
+                          f"the peak over the warm-up, then linear to 0.07x: airbench); cosine (warm-up then cosine); "
+                          f"plateau (reduce on a stalled validation metric). Default: {_A['lr_scheduler_type']} for "
+                          f"{_AIRBENCH_MODELS}, {_S['lr_scheduler_type']} otherwise."},
     )
     warmup_ratio: Optional[float] = field(
-        default=None, metadata={"help": "Fraction of optimizer steps spent warming up (linear, triangle, cosine, "
-                                        "onecycle). Default: 0 for cnn-fast/cnn-wide, 0.2 otherwise."}
+        default=None, metadata={"help": f"Fraction of optimizer steps spent warming up (linear, triangle, cosine, "
+                                        f"onecycle). Default: {_A['warmup_ratio']:g} for {_AIRBENCH_MODELS}, "
+                                        f"{_S['warmup_ratio']:g} otherwise."}
     )
     plateau_patience: int = field(
         default=2, metadata={"help": "Plateau: epochs without improvement before the learning rate is cut."}
@@ -336,8 +357,9 @@ class TrainingArguments:
         default=0.0, metadata={"help": "Minimum change of the metric that counts as an improvement."}
     )
     mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = field(
-        default=None, metadata={"help": "Mixed precision; default: Accelerate's config when launched with one, else "
-                                        "bf16 on a GPU that supports it, or for cnn-fast/cnn-wide on a CPU with AVX512_BF16 or AMX; else no."}
+        default=None, metadata={"help": f"Mixed precision; default: Accelerate's config when launched with one, else "
+                                        f"bf16 on a GPU that supports it, or for {_AIRBENCH_MODELS} on a CPU with "
+                                        f"AVX512_BF16 or AMX; else no."}
     )
     channels_last: bool = field(
         default=True, metadata={"help": "Train in channels_last memory format (about 1.5x faster convolutions on CPU)."}
@@ -352,12 +374,14 @@ class TrainingArguments:
                                      "throughout."}
     )
     progressive_resize_epochs: Optional[int] = field(
-        default=None, metadata={"help": "Train the first N epochs on images downscaled to --progressive_resize_size "
-                                        "(progressive resizing: a 24x24 step of cnn-fast costs half a 32x32 one); the "
-                                        "later epochs, evaluation and the saved model use the full size. 0 disables. "
-                                        "Default on a CPU: 5/11 of --num_train_epochs, rounded down, for cnn-fast/cnn-wide "
-                                        "(5 of their default 11); 0 on a CUDA GPU (its steps are launch-bound: small "
-                                        "images run no faster there), for other models and with --max_train_steps."}
+        default=None, metadata={"help": f"Train the first N epochs on images downscaled to --progressive_resize_size "
+                                        f"(progressive resizing: a 24x24 step of cnn-fast costs half a 32x32 one); the "
+                                        f"later epochs, evaluation and the saved model use the full size. 0 disables. "
+                                        f"Default on a CPU: {_A['resize_epochs_cpu'][0]}/{_A['resize_epochs_cpu'][1]} "
+                                        f"of --num_train_epochs, rounded down, for {_AIRBENCH_MODELS} "
+                                        f"({_A['resize_epochs_cpu'][0]} of their default {_A['num_train_epochs']:g}); "
+                                        f"0 on a CUDA GPU (its steps are launch-bound: small images run no faster "
+                                        f"there), for other models and with --max_train_steps."}
     )
     progressive_resize_size: Optional[int] = field(
         default=None, metadata={"help": "Side in pixels of the downscaled training images of --progressive_resize_epochs "
@@ -418,43 +442,24 @@ class TrainingArguments:
         _require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (0 disables), got {self.ema_decay}")
 
     def resolve_defaults(self, model: str) -> None:
-        """Fill the options left unset with the recipe for `model`, then check them.
-
-        cnn-fast and cnn-wide get airbench94_muon's recipe (their 1/width-scaled logits are what its SGD
-        rates are tuned for); every other model the SGD one-cycle recipe.
-        """
-        airbench, cuda = model in AIRBENCH_MODELS, training_on_cuda()
-        recipe = dict(optimizer="muon", per_device_train_batch_size=2000 if cuda else 1000,
-                      lr_scheduler_type="linear", warmup_ratio=0.0, num_train_epochs=11.0) \
-            if airbench else dict(optimizer="sgd", per_device_train_batch_size=256, lr_scheduler_type="onecycle",
-                                  warmup_ratio=0.2, num_train_epochs=10.0)
-        for name, value in recipe.items():
+        """Fill the options left unset from the recipe for `model` (recipes.py) and the optimizer's defaults
+        at the resolved batch, then check them."""
+        cuda = training_on_cuda()
+        self.recipe = self.recipe or recipe_for(model)
+        for name, value in schedule_defaults(self.recipe, cuda, self.num_train_epochs, self.max_train_steps).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.progressive_resize_epochs is None:
-            # Measured on CIFAR-10 (bench/RESULTS.md). On a CPU 5 of 11 epochs at 24x24 reach 90 % sooner than 10 at
-            # 32x32: a small step costs half a full one. On a CUDA GPU a batch-2000 step is bound by kernel
-            # launches, not arithmetic (an H200 ran 24x24 no faster than 32x32), so small epochs only cost accuracy.
-            self.progressive_resize_epochs = int(self.num_train_epochs * 5 // 11) \
-                if airbench and self.max_train_steps is None and not cuda else 0
         _require(self.max_train_steps is not None or self.progressive_resize_epochs < self.num_train_epochs,
                  "progressive_resize_epochs", f"must be fewer than --num_train_epochs ({self.num_train_epochs:g}): the "
                                               "last epochs train at the full size the model is evaluated and served at")
-        muon = self.optimizer == "muon"
         _require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size",
                  f"must be >= 1, got {self.per_device_train_batch_size}")
-        # airbench's rates are for its batch of 2000; Muon's step is normalised, so it scales by sqrt (noise).
+        _require(self.sgd_learning_rate is None or self.optimizer == "muon", "sgd_learning_rate",
+                 "applies to --optimizer muon only")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if self.learning_rate is None:
-            self.learning_rate = {"muon": round(0.24 * math.sqrt(batch / 2000), 4), "sgd": 0.2}.get(self.optimizer, 1e-3)
-        if muon:
-            self.sgd_learning_rate = 0.67 * batch if self.sgd_learning_rate is None else self.sgd_learning_rate
-            self.bias_learning_rate_scale = 0.079 if self.bias_learning_rate_scale is None else self.bias_learning_rate_scale
-        _require(self.sgd_learning_rate is None or muon, "sgd_learning_rate", "applies to --optimizer muon only")
-        if self.weight_decay is None:
-            self.weight_decay = 3e-6 if muon else 5e-4
-        if self.momentum is None:
-            self.momentum = 0.85 if muon else 0.9
+        for name, value in optimizer_defaults(self.optimizer, batch).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for name in ("learning_rate", "sgd_learning_rate", "bias_learning_rate_scale"):
             value = getattr(self, name)
             _require(value is None or value > 0, name, f"must be > 0, got {value}")
@@ -493,8 +498,8 @@ def training_on_cuda() -> bool:
     return torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
-# The presets trained with airbench94_muon's recipe by default (see TrainingArguments.resolve_defaults).
-AIRBENCH_MODELS = ("cnn-fast", "cnn-wide")
+# The presets trained with airbench94_muon's recipe by default (recipes.MODEL_RECIPES).
+AIRBENCH_MODELS = tuple(m for m, r in MODEL_RECIPES.items() if r == "airbench")
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainingArguments, HubArguments)
 SECRET_FIELDS = {"hub_token"}
@@ -532,10 +537,17 @@ class Config:
         return flat
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in --help, except "(default: None)": those options say in words what fills them."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _parser():
     from transformers import HfArgumentParser
 
-    return HfArgumentParser(ARGUMENT_CLASSES)
+    return HfArgumentParser(ARGUMENT_CLASSES, formatter_class=_HelpFormatter)
 
 
 def _read_config_file(path: str) -> dict[str, Any]:

@@ -8,17 +8,17 @@ Flow of `load_data`:
 3. `_normalize_source`: keep those two columns as `image` (Image) and `label` (ClassLabel).
 4. `_plan_splits`: train/validation/test as row indices into the source splits; missing ones are
    carved from train (stratified, seeded); then the seeded `--max_*_samples` subsets.
-5. `_decode_split`: every image decoded once with PIL (`decode_image`) into a uint8 (N, C, S, S)
-   tensor, cached on disk; corrupt images are skipped with a warning (or fail: --strict_images).
+5. `_decode_split`: every image decoded once by `images.read_image` (the app's decoder too) into a
+   uint8 (N, C, S, S) tensor, cached on disk; corrupt images are skipped with a warning (or fail:
+   --strict_images).
 6. Mean/std per channel of the train tensor; `summary` for data_summary.json.
 
-`decode_image` is the one conversion from a PIL image to model pixels; `build_image_processor`
-is the transformers image processor saved with the model, which gives the same numbers.
+`build_image_processor` is the transformers image processor saved with the model, which gives the same
+numbers as `images.decode_image` followed by `Normalize`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -32,10 +32,11 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .config import DataArguments
-from .files import atomic_path, write_json
+from .files import atomic_path, looks_like_local_path
+from .images import IMAGE_SUFFIXES, image_tensor, read_image, resize_square
 
 __all__ = [
     "DataError",
@@ -46,10 +47,7 @@ __all__ = [
     "build_image_data",
     "ImageData",
     "ImageTensors",
-    "decode_image",
-    "model_view",
     "build_image_processor",
-    "explore",
 ]
 
 ALIASES: dict[str, str] = {
@@ -60,8 +58,7 @@ ALIASES: dict[str, str] = {
 }
 
 # Bump when decoding changes: old cache files are then never read again.
-DECODE_VERSION = 1
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+DECODE_VERSION = 2               # 2: images.read_image (photos over MAX_SIDE shrunk first, as the app does)
 DATA_FILE_SUFFIXES = {".parquet", ".arrow", ".csv", ".json", ".jsonl"}
 SPLIT_NAMES = {
     "train": ("train", "training"),
@@ -138,102 +135,6 @@ def resolve_dataset(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    """RGBA/LA/P-with-transparency -> RGB on a white background (as transformers' convert_to_rgb does)."""
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def _high_depth_to_uint8(image: Image.Image) -> np.ndarray:
-    """Single-band 16/32-bit integer or float image -> uint8 (H, W), scaled rather than clipped.
-
-    I;16*: 0..65535 -> 0..255 (divide by 257, rounded). I (32-bit): 16-bit scaling when any value
-    exceeds 255, else taken as 8-bit values. F: taken as [0, 1] when its maximum is <= 1, else as 0..255.
-    """
-    array = np.asarray(image)
-    if image.mode.startswith("I;16"):
-        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if image.mode == "I":
-        array = np.clip(array.astype(np.int64), 0, 65535)
-        if array.max(initial=0) > 255:
-            return ((array * 255 + 32767) // 65535).astype(np.uint8)
-        return array.astype(np.uint8)
-    array = np.nan_to_num(array.astype(np.float64))          # mode F
-    if array.max(initial=0.0) <= 1.0:
-        array = array * 255.0
-    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
-
-
-def _has_transparency(image: Image.Image) -> bool:
-    return "A" in image.getbands() or "a" in image.getbands() or image.info.get("transparency") is not None
-
-
-def _to_array(image: Image.Image, num_channels: int) -> np.ndarray:
-    """Any PIL mode -> uint8 (H, W, num_channels), before resizing.
-
-    Transparency is composited on white; gray -> RGB repeats the value; RGB -> gray uses PIL's
-    ITU-R 601 luminance (0.299, 0.587, 0.114), the same weights the 1-channel model applies to RGB input.
-    """
-    image = ImageOps.exif_transpose(image)      # camera JPEGs: pixels as the viewer shows them
-    mode = image.mode
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        gray = _high_depth_to_uint8(image)
-        rgb = None
-    elif _has_transparency(image):
-        rgb, gray = _composite_on_white(image), None
-    elif mode in ("L", "1"):
-        rgb, gray = None, np.asarray(image.convert("L") if mode == "1" else image)
-    else:                                        # RGB, P (no transparency), CMYK, YCbCr, LAB, HSV, ...
-        rgb, gray = (image if mode == "RGB" else image.convert("RGB")), None
-    if num_channels == 1:
-        if gray is None:
-            gray = np.asarray(rgb.convert("L"))
-        return gray[:, :, None]
-    if rgb is not None:
-        return np.asarray(rgb)
-    return np.repeat(gray[:, :, None], 3, axis=2)
-
-
-def _chw_tensor(array: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, C) array -> (C, H, W) tensor; PIL's arrays are read-only, so copy those."""
-    if not array.flags.writeable or not array.flags.c_contiguous:
-        array = np.array(array, copy=True, order="C")
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
-def _resize_chw(tensor: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 (C, H, W) -> uint8 (C, S, S): torchvision v2 bilinear with antialias, as the image processor."""
-    from torchvision.transforms.v2 import functional as F
-
-    if tensor.shape[-2:] == (image_size, image_size):
-        return tensor
-    return F.resize(tensor, [image_size, image_size], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-
-
-def decode_image(image: Image.Image, num_channels: int, image_size: int) -> torch.Tensor:
-    """PIL image of any mode -> uint8 tensor (num_channels, image_size, image_size).
-
-    The single conversion used for training, evaluation and inference: mode conversion (`_to_array`),
-    then a square bilinear antialiased resize, exactly what `build_image_processor` does before
-    rescaling and normalizing.
-    """
-    if num_channels not in (1, 3):
-        raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
-    tensor = _chw_tensor(_to_array(image, num_channels))
-    return _resize_chw(tensor, image_size).contiguous()
-
-
-def model_view(image: Image.Image, num_channels: int) -> Image.Image:
-    """PIL image of any mode -> the 8-bit RGB (or L, for a 1-channel model) image the model sees, at its own size.
-
-    The conversion of `decode_image` without the resize: what examples are saved as (a PNG holds it,
-    where it cannot hold CMYK), and reading it back decodes to the same pixels.
-    """
-    array = _to_array(image, num_channels)
-    return Image.fromarray(array[:, :, 0] if num_channels == 1 else array, "L" if num_channels == 1 else "RGB")
-
-
 def build_image_processor(image_size: int, mean: Iterable[float], std: Iterable[float]):
     """The transformers image processor saved with the model: RGB -> resize -> /255 -> normalize.
 
@@ -258,11 +159,6 @@ def build_image_processor(image_size: int, mean: Iterable[float], std: Iterable[
 # --------------------------------------------------------------------------------------------
 # Loading the source
 # --------------------------------------------------------------------------------------------
-
-
-def _looks_like_path(name: str) -> bool:
-    return (name.startswith(("/", "./", "../", "~", "\\")) or "\\" in name or name.count("/") > 1
-            or Path(name).suffix.lower() in DATA_FILE_SUFFIXES | IMAGE_SUFFIXES)
 
 
 def _folder_kind(path: Path) -> str:
@@ -337,7 +233,7 @@ def _load_source(args: DataArguments):
                     f"folder).")
             kind, resolved = "data files", str(path.resolve())
             raw = datasets.load_dataset(builder, data_files=resolved)
-        elif _looks_like_path(resolved):
+        elif looks_like_local_path(resolved, DATA_FILE_SUFFIXES | IMAGE_SUFFIXES):
             parent = path.parent
             hint = (f"its parent folder {parent} exists and holds: "
                     f"{', '.join(sorted(p.name for p in parent.iterdir())[:10]) or 'nothing'}"
@@ -620,16 +516,6 @@ def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArgu
 # --------------------------------------------------------------------------------------------
 
 
-def _open_image(value) -> Image.Image:
-    """A raw Image value ({'bytes', 'path'} with decode=False) -> a loaded PIL image."""
-    if value is None:
-        raise ValueError("no image in this row")
-    data = value.get("bytes")
-    with Image.open(io.BytesIO(data) if data is not None else value["path"]) as image:
-        image.load()                                 # pixels stay usable after the file is closed
-    return image
-
-
 def _is_gray(image: Image.Image) -> bool:
     if image.mode in GRAY_MODES:
         return True
@@ -714,10 +600,8 @@ def _decode_split(split, name: str, plan: _SplitPlan, labels: np.ndarray, num_ch
         for batch in raw.iter(batch_size=2048):
             for value in batch["image"]:
                 try:
-                    image = _open_image(value)
-                    array = _to_array(image, channels)
-                    if array.shape[:2] != (size, size):
-                        array = _resize_chw(_chw_tensor(array), size).permute(1, 2, 0).numpy()
+                    image, source_size, source_mode = read_image(value, channels)
+                    array = resize_square(image_tensor(image), size).permute(1, 2, 0).numpy()
                 except Exception as error:                 # PIL raises OSError, SyntaxError, ValueError, ...
                     where = _describe_row(value, name, plan.source, int(plan.rows[position]))
                     if strict:
@@ -729,8 +613,8 @@ def _decode_split(split, name: str, plan: _SplitPlan, labels: np.ndarray, num_ch
                 else:
                     out[len(kept)] = array
                     kept.append(position)
-                    sizes[f"{image.width}x{image.height}"] += 1
-                    modes[image.mode] += 1
+                    sizes["{}x{}".format(*source_size)] += 1
+                    modes[source_mode] += 1
                 position += 1
             bar.update(len(batch["image"]))
     # A compact copy: a view of `out` would make torch.save write the rows of skipped images too.
@@ -908,69 +792,3 @@ def _summarize(args, source, resolved, image_column, label_column, class_names, 
         "max_eval_samples": args.max_eval_samples,
         "notes": notes,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Exploration: data_summary.json and three figures
-# --------------------------------------------------------------------------------------------
-
-
-def _sample_positions(labels: torch.Tensor, num_classes: int, seed: int = 0) -> list[int]:
-    """A few train images per class (up to 8 each, about 64 in all); 64 at random for many classes."""
-    rng = np.random.default_rng(seed)
-    labels = labels.numpy()
-    if num_classes > 64:
-        return sorted(rng.choice(len(labels), size=min(64, len(labels)), replace=False).tolist())
-    per_class = max(1, min(8, 64 // num_classes))
-    positions: list[int] = []
-    for c in range(num_classes):
-        rows = np.flatnonzero(labels == c)
-        positions.extend(rng.permutation(rows)[:per_class].tolist())
-    return positions
-
-
-def explore(data: ImageData, args: DataArguments, output_dir) -> dict:
-    """Write OUT/data_summary.json and OUT/plots/{samples,class_distribution,augmentation}.png; print a summary."""
-    from . import plots
-    from .augment import BatchAugment, describe_augmentation
-
-    out = Path(output_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    summary = dict(data.summary)
-    summary["augmentation"] = describe_augmentation(args, data.class_names)
-    write_json(out / "data_summary.json", summary)
-
-    train = data.tensors["train"]
-    positions = _sample_positions(train.labels, len(data.class_names))
-    plots.plot_samples(train.images[positions], train.labels[positions].tolist(), data.class_names,
-                       out / "plots" / "samples.png")
-    counts = {s: info["class_counts"] for s, info in summary["splits"].items()}
-    plots.plot_class_distribution(counts, out / "plots" / "class_distribution.png")
-    original = train.images[0]
-    # Random flips here even under --flip_schedule alternate: the preview is one epoch's worth of draws.
-    augment = BatchAugment(dataclasses.replace(args, flip_schedule="random"), data.class_names, data.mean, data.std)
-    with torch.random.fork_rng(devices=[]):          # the preview must not shift the training randomness
-        torch.manual_seed(0)
-        augmented = augment.augment(original.unsqueeze(0).repeat(11, 1, 1, 1))
-    plots.plot_augmentation(original, augmented.clamp(0, 1), out / "plots" / "augmentation.png")
-
-    print(_format_summary(summary))
-    return summary
-
-
-def _format_summary(summary: dict) -> str:
-    splits = " / ".join(f"{s} {info['rows']:,}" for s, info in summary["splits"].items())
-    names = ", ".join(summary["class_names"][:10]) + (", ..." if summary["num_classes"] > 10 else "")
-    modes = ", ".join(f"{m} {n:,}" for m, n in summary["image_modes"].items())
-    sizes = ", ".join(f"{s} {n:,}" for s, n in list(summary["image_sizes"].items())[:3])
-    lines = [
-        f"Dataset {summary['dataset']} ({summary['dataset_resolved']}; {summary['source']}): "
-        f"columns {summary['image_column']!r} / {summary['label_column']!r}",
-        f"  {summary['num_classes']} classes: {names}",
-        f"  splits: {splits}; train imbalance max/min {summary['imbalance_ratio']}",
-        f"  images: {sizes}; modes: {modes}; skipped {summary['skipped_images']['count']}",
-        f"  model input: {summary['num_channels']}x{summary['image_size']}x{summary['image_size']}; "
-        f"mean {summary['mean']}, std {summary['std']}",
-        f"  augmentation: {'; '.join(summary.get('augmentation', [])) or 'none'}",
-    ]
-    return "\n".join(lines)

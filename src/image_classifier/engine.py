@@ -26,23 +26,22 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import AIRBENCH_MODELS, Config, ConfigError, TrainingArguments, training_on_cuda
+from .config import Config, ConfigError, TrainingArguments, training_on_cuda
 from .files import DiskFullError, disk_full_is_an_error
 from .interrupt import StopOnSignal, TrainingInterrupted, resume_command
-from .models import classifier_module, freeze_backbone, parameter_groups, train_stem_bias
-from .optim import Muon
+from .model_folder import CHECKPOINTS
+from .models import train_stem_bias
+from .optim import build_optimizer, freeze_backbone
+from .recipes import RECIPES, recipe_for
 
 __all__ = [
     "TrainerState",
     "build_accelerator",
-    "build_optimizer",
     "build_scheduler",
     "fit",
     "predict",
     "find_checkpoint",
 ]
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 def build_accelerator(config: Config) -> Accelerator:
@@ -82,8 +81,8 @@ def keep_freed_memory() -> bool:
 
 
 def default_precision(requested: Optional[str], model: str) -> Optional[str]:
-    """--mixed_precision, else `accelerate launch`/config's choice, else bf16 on a GPU that has it, or for
-    cnn-fast/cnn-wide on a CPU that computes in it natively, else none (float32).
+    """--mixed_precision, else `accelerate launch`/config's choice, else bf16 on a GPU that has it, or on a CPU
+    that computes in it natively where the model's recipe says so (`bf16_on_cpu`: cnn-fast/cnn-wide), else none.
 
     On a CPU only those presets: bf16 is measured there (bench/RESULTS.md), and their convolutions are all
     stride 1. torch 2.14's CPU bf16 weight gradient of a strided convolution whose window sees only padding
@@ -94,7 +93,7 @@ def default_precision(requested: Optional[str], model: str) -> Optional[str]:
         return requested
     if training_on_cuda():
         return "bf16" if torch.cuda.is_bf16_supported() else None
-    return "bf16" if model in AIRBENCH_MODELS and cpu_has_native_bf16() else None
+    return "bf16" if RECIPES[recipe_for(model)]["bf16_on_cpu"] and cpu_has_native_bf16() else None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -106,35 +105,6 @@ def cpu_has_native_bf16() -> bool:
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")   # private, so looked up defensively
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-def build_optimizer(model: torch.nn.Module, args: TrainingArguments, lr: Optional[float] = None,
-                    backbone_lr: Optional[float] = None) -> torch.optim.Optimizer:
-    """Muon (+ SGD), SGD (momentum, Nesterov), Adam or AdamW; see `parameter_groups` for weight decay.
-
-    `lr` overrides --learning_rate (the --scale_lr value, see `effective_learning_rate`); `backbone_lr` is
-    the learning rate of a timm model's layers but the classifier (default `lr`; see `models.parameter_groups`).
-    With muon, the convolution kernels take Muon at `lr` (their group first: it is the one logged) and
-    the rest SGD at --sgd_learning_rate, scaled alike.
-    """
-    lr = args.learning_rate if lr is None else lr
-    if args.optimizer == "muon":
-        scale = lr / args.learning_rate
-        sgd_lr = args.sgd_learning_rate * scale
-        kernels = [p for p in model.parameters() if p.requires_grad and p.ndim == 4]
-        rest = parameter_groups(model, sgd_lr, backbone_lr and backbone_lr * sgd_lr / lr, args.weight_decay,
-                                args.bias_learning_rate_scale, exclude=kernels)
-        muon = [{"params": kernels, "lr": lr, "momentum": args.muon_momentum, "use_muon": True,
-                 "backbone": classifier_module(model) is not None}] if kernels else []
-        return Muon(muon + rest, lr=sgd_lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0)
-    groups = parameter_groups(model, lr, backbone_lr, args.weight_decay, args.bias_learning_rate_scale)
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=args.momentum,
-                               nesterov=args.nesterov and args.momentum > 0)
-    betas = (args.adam_beta1, args.adam_beta2)
-    if args.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
 def effective_learning_rate(args: TrainingArguments, num_processes: int) -> float:
@@ -262,19 +232,19 @@ def find_checkpoint(output_dir: str | os.PathLike, which: str) -> Path:
         if not list(path.glob("custom_checkpoint_*")):
             raise FileNotFoundError(
                 f"--resume_from_checkpoint: {which!r} is not a checkpoint folder (expected one of "
-                f"{Path(output_dir) / CHECKPOINT_DIR}/step_*); pass 'latest' to take the newest.")
+                f"{Path(output_dir) / CHECKPOINTS}/step_*); pass 'latest' to take the newest.")
         return path
-    found = sorted((Path(output_dir) / CHECKPOINT_DIR).glob("step_*"))
+    found = sorted((Path(output_dir) / CHECKPOINTS).glob("step_*"))
     if not found:
         raise FileNotFoundError(
-            f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINT_DIR}; "
+            f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}; "
             "start without --resume_from_checkpoint, or point --output_dir at the interrupted run.")
     return found[-1]
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, state: TrainerState, keep: int) -> Path:
     """`save_state` into a temporary folder, then rename it into place: a crash never leaves half a checkpoint."""
-    root = Path(output_dir) / CHECKPOINT_DIR
+    root = Path(output_dir) / CHECKPOINTS
     final = root / f"step_{state.global_step:08d}"
     tmp = root / f".tmp_step_{state.global_step:08d}"
     if accelerator.is_main_process:
@@ -456,6 +426,45 @@ class FitResult:
     tta: str = "none"               # the test-time augmentation used in evaluation (see resolve_tta)
 
 
+@dataclass
+class Loop:
+    """What `setup` builds for the training loop: the prepared objects, the schedule's length, the weight
+    averages, and the epoch-start hooks (one per feature that changes something at an epoch's start)."""
+
+    model: Any                      # as prepared by Accelerate
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any               # a ResidentBatches or a prepared DataLoader
+    eval_loader: Any
+    unwrapped: torch.nn.Module      # the network itself (no DDP, no torch.compile)
+    state: TrainerState
+    num_epochs: int
+    max_steps: int                  # optimizer steps
+    side: int                       # pixels: the training images are side x side
+    tta: str                        # the final evaluation's test-time augmentation (see resolve_tta)
+    epoch_tta: str                  # the per-epoch validation's
+    ema: Optional[AveragedModel] = None
+    lookahead: Optional[Lookahead] = None
+    epoch_start: list[Callable[[int], None]] = field(default_factory=list)    # hook(epoch, 0-based)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """What is evaluated and saved: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def average_weights(self) -> Optional[Callable[[], None]]:
+        """The after-every-optimizer-step update of the weight averages; None without any."""
+        if self.lookahead is None and self.ema is None:
+            return None
+
+        def update() -> None:
+            if self.lookahead is not None:
+                self.lookahead.update(self.state.global_step)
+            if self.ema is not None:
+                self.ema.update_parameters(self.unwrapped)
+        return update
+
+
 def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix, config: Config,
         accelerator: Accelerator, evaluate_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]],
         stop: Optional[StopOnSignal] = None) -> FitResult:
@@ -465,6 +474,45 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
     With `stop` entered (see `StopOnSignal`), SIGINT/SIGTERM save a checkpoint at the next optimizer
     step and raise `TrainingInterrupted`.
     """
+    args = config.train
+    loop = setup(model, train_set, eval_set, augment=augment, normalize=normalize, config=config,
+                 accelerator=accelerator)
+    state = loop.state
+    while state.epoch < loop.num_epochs and state.global_step < loop.max_steps and not _should_stop(state, args):
+        loader = _epoch_loader(loop, accelerator, args.seed)
+        for hook in loop.epoch_start:
+            hook(state.epoch)
+        started = time.perf_counter()
+        sums = _train_epoch(loop.model, loader, loop.optimizer, loop.scheduler, augment, mix, accelerator, args,
+                            state, loop.max_steps, loop.average_weights(), stop)
+        state.train_seconds += time.perf_counter() - started
+        sums = {k: v + state.epoch_sums.get(k, 0.0) for k, v in sums.items()}   # + the part before a resume
+        if stop and stop.agreed:   # stopped mid-epoch: the resumed run finishes this epoch and its sums
+            state.epoch_sums = sums
+            raise _save_and_stop(accelerator, args, state, stop.agreed)
+        state.epoch_sums = {}
+        if loop.lookahead is not None:
+            loop.lookahead.finish_epoch()
+        record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"],
+                  "train_images": int(sums["seen"]),     # images trained on this epoch, all processes
+                  "train_image_size": augment.train_size or loop.side}      # pixels (--progressive_resize_epochs)
+        logits, labels = predict(loop.evaluated, loop.eval_loader, normalize, accelerator, loop.epoch_tta)
+        record_epoch(loop, record, evaluate_fn(logits, labels), args, accelerator)
+        checkpoint = save_checkpoint(accelerator, args.output_dir, state, args.save_total_limit)
+        if stop and stop.requested(accelerator):   # signalled during evaluation or the save: resume from this one
+            raise TrainingInterrupted(stop.agreed, checkpoint)
+
+    augment.train_size = None
+    if state.best_weights is not None:
+        loop.unwrapped.load_state_dict(state.best_weights)
+    accelerator.wait_for_everyone()
+    return FitResult(state=state, model=loop.model, tta=loop.tta)
+
+
+def setup(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, config: Config,
+          accelerator: Accelerator) -> Loop:
+    """Loaders, optimizer and scheduler prepared by Accelerate; weight averages; the epoch-start hooks; the
+    state of a checkpoint for --resume_from_checkpoint. Prints the plan."""
     args = config.train
     workers = config.data.dataloader_num_workers
     eval_loader = _loader(eval_set, args.per_device_eval_batch_size, False, workers)
@@ -487,103 +535,103 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
     augment.to(accelerator.device)      # parameter-free modules: mean/std buffers follow the batches
     normalize.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    # The weight average is what gets evaluated and saved; its BatchNorm statistics are averaged too.
-    ema = AveragedModel(unwrapped, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True) \
-        if args.ema_decay > 0 else None
-    evaluated = ema.module if ema is not None else model
+    num_epochs, max_steps = _schedule_length(args, len(train_loader))
     tta = resolve_tta(args, augment)
-    epoch_tta = tta if args.tta_each_epoch else "none"     # 6 views cost 6 forward passes per image
-
-    side = train_set[0][0].shape[-1]      # training images are square, `side` pixels
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    if args.max_train_steps:
-        max_steps = args.max_train_steps
-        num_epochs = math.ceil(max_steps / steps_per_epoch)
-    else:
-        num_epochs = math.ceil(args.num_train_epochs)
-        max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-    scheduler = build_scheduler(optimizer.optimizer, args, max_steps)
-    state = TrainerState()
-    lookahead = Lookahead(unwrapped, max_steps) if args.lookahead else None
-    averages = [a for a in (lookahead, ema) if a is not None]
-    accelerator.register_for_checkpointing(scheduler, state, *averages)
-
-    def average_weights() -> None:     # after every optimizer step
-        if lookahead is not None:
-            lookahead.update(state.global_step)
-        if ema is not None:
-            ema.update_parameters(unwrapped)
-
+    loop = Loop(model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer.optimizer, args, max_steps),
+                train_loader=train_loader, eval_loader=eval_loader, unwrapped=unwrapped, state=TrainerState(),
+                num_epochs=num_epochs, max_steps=max_steps, side=train_set[0][0].shape[-1], tta=tta,
+                epoch_tta=tta if args.tta_each_epoch else "none",      # 6 views cost 6 forward passes per image
+                # The weight average is what gets evaluated and saved; its BatchNorm statistics are averaged too.
+                ema=AveragedModel(unwrapped, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+                if args.ema_decay > 0 else None,
+                lookahead=Lookahead(unwrapped, max_steps) if args.lookahead else None)
+    loop.epoch_start = epoch_start_hooks(loop, augment, config, accelerator)
+    accelerator.register_for_checkpointing(loop.scheduler, loop.state,
+                                           *(a for a in (loop.lookahead, loop.ema) if a is not None))
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
         accelerator.load_state(str(checkpoint))
-        accelerator.print(f"Resumed from {checkpoint}: epoch {state.epoch}, step {state.global_step}")
-    n, per_device, accumulation = accelerator.num_processes, args.per_device_train_batch_size, args.gradient_accumulation_steps
-    accelerator.print(f"Training {num_epochs} epochs ({max_steps} optimizer steps) on {n} process(es), {accelerator.device}; "
-                      f"global batch {per_device * n * accumulation} ({per_device} per process x {n} process(es) x "
-                      f"{accumulation} accumulation step(s)); learning rate {lr:g}"
-                      + (f" (--scale_lr: {args.learning_rate:g} x {n * accumulation})" if args.scale_lr else ""))
+        accelerator.print(f"Resumed from {checkpoint}: epoch {loop.state.epoch}, step {loop.state.global_step}")
+    _print_plan(loop, args, accelerator, lr)
+    return loop
 
-    while state.epoch < num_epochs and state.global_step < max_steps and not _should_stop(state, args):
-        if state.step_in_epoch == 0:
-            # Same augmentation/dropout draws for an epoch whether or not the run was resumed.
-            set_seed(args.seed * 1000 + state.epoch, device_specific=True)
-            epoch_loader = train_loader
-        else:  # resumed mid-epoch: the RNG states came back with the checkpoint
-            epoch_loader = (train_loader.skip_first_batches(state.step_in_epoch) if isinstance(train_loader, ResidentBatches)
-                            else accelerator.skip_first_batches(train_loader, state.step_in_epoch))
-        epoch_loader.set_epoch(state.epoch)    # the shuffle order of this epoch: seed + epoch
-        augment.train_size = progressive_size(args, state.epoch, side)
-        if accelerator.num_processes == 1:      # DDP fixes the set of trained parameters when it wraps the model
-            train_stem_bias(unwrapped, state.epoch < args.whiten_bias_epochs)
-        frozen = state.epoch < config.model.freeze_backbone_epochs
-        if freeze_backbone(optimizer, frozen):
-            accelerator.print(f"epoch {state.epoch + 1}: backbone "
+
+def _schedule_length(args: TrainingArguments, batches_per_epoch: int) -> tuple[int, int]:
+    """(epochs, optimizer steps) of the run: from --max_train_steps, else from --num_train_epochs."""
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    if args.max_train_steps:
+        return math.ceil(args.max_train_steps / steps_per_epoch), args.max_train_steps
+    return math.ceil(args.num_train_epochs), math.ceil(args.num_train_epochs * steps_per_epoch)
+
+
+def epoch_start_hooks(loop: Loop, augment, config: Config, accelerator: Accelerator) -> list[Callable[[int], None]]:
+    """What changes at the start of an epoch (0-based), one hook per feature: the progressive-resizing image
+    size, whether the whitening stem's bias trains, whether the backbone is frozen."""
+    args = config.train
+
+    def resize(epoch: int) -> None:            # --progressive_resize_epochs: the side this epoch trains at
+        augment.train_size = progressive_size(args, epoch, loop.side)
+
+    def stem_bias(epoch: int) -> None:         # --whiten_bias_epochs
+        train_stem_bias(loop.unwrapped, epoch < args.whiten_bias_epochs)
+
+    def freeze(epoch: int) -> None:            # --freeze_backbone_epochs
+        frozen = epoch < config.model.freeze_backbone_epochs
+        if freeze_backbone(loop.optimizer, frozen):
+            accelerator.print(f"epoch {epoch + 1}: backbone "
                               + ("frozen (only the classifier trains)" if frozen else "released (every layer trains)"))
-        started = time.perf_counter()
-        sums = _train_epoch(model, epoch_loader, optimizer, scheduler, augment, mix, accelerator, args,
-                            state, max_steps, average_weights if averages else None, stop)
-        state.train_seconds += time.perf_counter() - started
-        sums = {k: v + state.epoch_sums.get(k, 0.0) for k, v in sums.items()}   # + the part before a resume
-        if stop and stop.agreed:   # stopped mid-epoch: the resumed run finishes this epoch and its sums
-            state.epoch_sums = sums
-            raise _save_and_stop(accelerator, args, state, stop.agreed)
-        state.epoch_sums = {}
-        if lookahead is not None:
-            lookahead.finish_epoch()
-        record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"],
-                  "train_images": int(sums["seen"]),     # images trained on this epoch, all processes
-                  "train_image_size": augment.train_size or side}      # pixels (--progressive_resize_epochs)
-        logits, labels = predict(evaluated, eval_loader, normalize, accelerator, epoch_tta)
-        metrics = evaluate_fn(logits, labels)
-        state.epoch += 1
-        state.step_in_epoch = 0
-        epoch_lrs = state.learning_rates[sum(len(h["learning_rates"]) for h in state.history):]
-        record = {"epoch": state.epoch, **record, **{f"eval_{k}": metrics[k] for k in ("loss", "accuracy", "f1")},
-                  "eval_tta": epoch_tta,
-                  "learning_rate": optimizer.param_groups[0]["lr"], "seconds": round(state.train_seconds, 2),
-                  "learning_rates": epoch_lrs}
-        state.history.append(record)
-        value = metrics[args.metric_for_best_model]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(value)
-        if state.improved(value, args):
-            state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
-            best = ema.module if ema is not None else unwrapped
-            state.best_weights = {k: v.detach().cpu().clone() for k, v in best.state_dict().items()}
-        else:
-            state.bad_epochs += 1
-        accelerator.log({k: v for k, v in record.items() if k != "learning_rates"}, step=state.epoch)
-        accelerator.print(_format_record(record, best=state.best_epoch == state.epoch))
-        checkpoint = save_checkpoint(accelerator, args.output_dir, state, args.save_total_limit)
-        if stop and stop.requested(accelerator):   # signalled during evaluation or the save: resume from this one
-            raise TrainingInterrupted(stop.agreed, checkpoint)
 
-    augment.train_size = None
-    if state.best_weights is not None:
-        unwrapped.load_state_dict(state.best_weights)
-    accelerator.wait_for_everyone()
-    return FitResult(state=state, model=model, tta=tta)
+    # DDP fixes the set of trained parameters when it wraps the model: the stem bias stays as it is there.
+    return [resize, *([stem_bias] if accelerator.num_processes == 1 else []), freeze]
+
+
+def _epoch_loader(loop: Loop, accelerator: Accelerator, seed: int):
+    """This epoch's batches: all of them (with the epoch's seed set), or, resumed mid-epoch, the rest."""
+    state = loop.state
+    if state.step_in_epoch == 0:
+        # Same augmentation/dropout draws for an epoch whether or not the run was resumed.
+        set_seed(seed * 1000 + state.epoch, device_specific=True)
+        loader = loop.train_loader
+    elif isinstance(loop.train_loader, ResidentBatches):    # resumed: the RNG states came back with the checkpoint
+        loader = loop.train_loader.skip_first_batches(state.step_in_epoch)
+    else:
+        loader = accelerator.skip_first_batches(loop.train_loader, state.step_in_epoch)
+    loader.set_epoch(state.epoch)    # the shuffle order of this epoch: seed + epoch
+    return loader
+
+
+def record_epoch(loop: Loop, record: dict[str, Any], metrics: dict[str, float], args: TrainingArguments,
+                 accelerator: Accelerator) -> None:
+    """Close an epoch: its history record, the plateau schedule, the best weights so far, the log line."""
+    state = loop.state
+    state.epoch += 1
+    state.step_in_epoch = 0
+    epoch_lrs = state.learning_rates[sum(len(h["learning_rates"]) for h in state.history):]
+    record = {"epoch": state.epoch, **record, **{f"eval_{k}": metrics[k] for k in ("loss", "accuracy", "f1")},
+              "eval_tta": loop.epoch_tta,
+              "learning_rate": loop.optimizer.param_groups[0]["lr"], "seconds": round(state.train_seconds, 2),
+              "learning_rates": epoch_lrs}
+    state.history.append(record)
+    value = metrics[args.metric_for_best_model]
+    if isinstance(loop.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        loop.scheduler.step(value)
+    if state.improved(value, args):
+        state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+        best = loop.ema.module if loop.ema is not None else loop.unwrapped
+        state.best_weights = {k: v.detach().cpu().clone() for k, v in best.state_dict().items()}
+    else:
+        state.bad_epochs += 1
+    accelerator.log({k: v for k, v in record.items() if k != "learning_rates"}, step=state.epoch)
+    accelerator.print(_format_record(record, best=state.best_epoch == state.epoch))
+
+
+def _print_plan(loop: Loop, args: TrainingArguments, accelerator: Accelerator, lr: float) -> None:
+    n, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
+    per_device = args.per_device_train_batch_size
+    accelerator.print(f"Training {loop.num_epochs} epochs ({loop.max_steps} optimizer steps) on {n} process(es), "
+                      f"{accelerator.device}; global batch {per_device * n * accumulation} ({per_device} per process x "
+                      f"{n} process(es) x {accumulation} accumulation step(s)); learning rate {lr:g}"
+                      + (f" (--scale_lr: {args.learning_rate:g} x {n * accumulation})" if args.scale_lr else ""))
 
 
 def plain_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:

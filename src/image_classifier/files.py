@@ -12,13 +12,13 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = ["atomic_path", "write_json", "write_text", "read_json", "replace_dir", "check_writable", "DiskFullError",
-           "is_disk_full", "disk_full_is_an_error", "remove_leftovers"]
+           "is_disk_full", "disk_full_is_an_error", "remove_leftovers", "looks_like_local_path"]
 
 # Below this many free bytes, a failed write is taken to have failed for want of space: torch.save reports
 # ENOSPC only as "unexpected pos N vs M", and safetensors wraps it in its own error type.
@@ -66,6 +66,19 @@ def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(item, target)
     shutil.rmtree(src, ignore_errors=True)
+
+
+def looks_like_local_path(name: str | os.PathLike, file_suffixes: Iterable[str] = ()) -> bool:
+    """True when `name` cannot be a Hub id ("name" or "owner/name"): it starts like a path (., /, ~), holds a
+    backslash or more than one slash, ends in one of `file_suffixes`, or is "first/..." with `first` an
+    existing folder. So a mistyped local path fails at once, not after the Hub client's network retries."""
+    text = os.fspath(name)
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or os.path.isabs(text):
+        return True
+    if Path(text).suffix.lower() in set(file_suffixes):
+        return True
+    first = text.split("/", 1)[0]
+    return "/" in text and Path(first).is_dir()
 
 
 def check_writable(folder: str | os.PathLike) -> Optional[str]:

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from .hub import HubError, _explain, add_token_argument, _network_errors, _scrub, _token_source
+from .hub import HubError, add_token_argument, explain_error, network_errors, scrub, token_source
 
 __all__ = ["deploy_space", "SpaceDeployment", "space_readme", "space_requirements", "add_deploy_space_command",
            "REPO_ROOT", "PACKAGE_IGNORE"]
@@ -164,15 +164,11 @@ def deploy_space(space_id: str, hub_model_id: str, token: Optional[str] = None, 
     def fail(what: str, status: Optional[int] = None) -> HubError:
         message = (f"Deploying the app to the Space {space_id or '(no Space id)'} failed: {what}. Fix the cause, "
                    f"then retry with: {retry}" + (" (with the token in HF_TOKEN, or --hub_token)" if token else ""))
-        return HubError(_scrub(message, secrets), repo_id=space_id, status=status, retry=_scrub(retry, secrets))
+        return HubError(scrub(message, secrets), repo_id=space_id, status=status, retry=scrub(retry, secrets))
 
-    for flag, value, example in (("--space_id", space_id, "USER/NAME"), ("--hub_model_id", model_id, "USER/MODEL")):
-        if not value or value.count("/") > 1 or not all(_ID.fullmatch(part) for part in value.split("/")):
-            raise fail(f"{flag} must be {example} (or NAME alone, to use the token's user name), not {value!r}")
-    missing = [name for name in ("app.py", "requirements.txt") if not (root / name).is_file()]
-    if missing:
-        raise fail(f"{' and '.join(missing)} not found in {root}; deploy-space uploads the app from a checkout of "
-                   f"the project (run it there)")
+    problem = _check_inputs(space_id, model_id, root)
+    if problem:
+        raise fail(problem)
 
     api = HfApi(token=token)
     endpoint = api.endpoint
@@ -205,27 +201,45 @@ def deploy_space(space_id: str, hub_model_id: str, token: Optional[str] = None, 
                        f"private on the Hub first, or deploy without --private")
 
         current = f"uploading the app to {space_id}"
-        with tempfile.TemporaryDirectory(prefix="image-classifier-space-") as tmp:
-            files = _stage(Path(tmp), root, space_id, model_id)
-            commit = api.upload_folder(
-                repo_id=space_id, repo_type="space", folder_path=tmp,
-                commit_message=f"Deploy the image classifier app for {model_id}",
-                commit_description=f"app.py, requirements.txt, src/image_classifier and README.md (Gradio "
-                                   f"{gradio_version()}); MODEL_ID={model_id}",
-                delete_patterns=["src/image_classifier/*"])  # modules removed from the package go too
+        files, commit = _upload_app(api, root, space_id, model_id)
 
         current = f"setting the MODEL_ID variable of {space_id}"
         api.add_space_variable(space_id, "MODEL_ID", model_id,
                                description="The model the app serves (a Hub id or a folder in the Space)")
     except HubError:
         raise
-    except (OSError, ValueError, KeyError, *_network_errors()) as error:  # HfHubHTTPError is an OSError
-        what, status = _explain(error, space_id, namespace, endpoint, _token_source(token))
+    except (OSError, ValueError, KeyError, *network_errors()) as error:  # HfHubHTTPError is an OSError
+        what, status = explain_error(error, space_id, namespace, endpoint, token_source(token))
         what = what.replace("was not found after it was created", "was not found")
         raise fail(f"{current}: {what}", status) from None  # from None: the original text could carry secrets
     logger.info("Deployed the app to %s (%s)", repo_url, getattr(commit, "commit_url", ""))
     return SpaceDeployment(url=str(repo_url), space_id=space_id, model_id=model_id, files=files,
                            commit_url=getattr(commit, "commit_url", None), notes=notes)
+
+
+def _check_inputs(space_id: str, model_id: str, root: Path) -> Optional[str]:
+    """What is wrong with the ids or the checkout, before anything goes to the Hub; None when nothing."""
+    for flag, value, example in (("--space_id", space_id, "USER/NAME"), ("--hub_model_id", model_id, "USER/MODEL")):
+        if not value or value.count("/") > 1 or not all(_ID.fullmatch(part) for part in value.split("/")):
+            return f"{flag} must be {example} (or NAME alone, to use the token's user name), not {value!r}"
+    missing = [name for name in ("app.py", "requirements.txt") if not (root / name).is_file()]
+    if missing:
+        return (f"{' and '.join(missing)} not found in {root}; deploy-space uploads the app from a checkout of "
+                f"the project (run it there)")
+    return None
+
+
+def _upload_app(api, root: Path, space_id: str, model_id: str):
+    """Stage the app's files and upload them to the Space in one commit; returns (files, commit info)."""
+    with tempfile.TemporaryDirectory(prefix="image-classifier-space-") as tmp:
+        files = _stage(Path(tmp), root, space_id, model_id)
+        commit = api.upload_folder(
+            repo_id=space_id, repo_type="space", folder_path=tmp,
+            commit_message=f"Deploy the image classifier app for {model_id}",
+            commit_description=f"app.py, requirements.txt, src/image_classifier and README.md (Gradio "
+                               f"{gradio_version()}); MODEL_ID={model_id}",
+            delete_patterns=["src/image_classifier/*"])  # modules removed from the package go too
+    return files, commit
 
 
 # ------------------------------------------------------------------------------------------------
