@@ -74,17 +74,33 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     check_output_dir(config)
     accelerator = engine.build_accelerator(config)
     out = Path(config.train.output_dir)
-    data, prepared = prepare(config, accelerator, out)
-    if prepared is None:        # --explore_only
+    if accelerator.is_main_process:
+        model_folder.clean_leftovers(out)
+    set_seed(config.train.seed)    # splits and model initialisation: identical on every process
+    # timm: RGB input, --pretrained checked now, not after the data; then the recipe's values
+    for note in [*models.prepare_model_config(config), describe_recipe(config, accelerator)]:
+        accelerator.print(note)
+
+    # Data: the main process decodes first and fills the cache that the others then read.
+    with accelerator.main_process_first():
+        data = data_stage.load_data(config.data, seed=config.train.seed)
+    model, normalize = (None, None) if config.data.explore_only else build_model(config, data)
+    # Everything that can fail on the user's input has passed: only now may an old run's files go.
+    if accelerator.is_main_process and config.train.overwrite_output_dir and not config.train.resume_from_checkpoint:
+        model_folder.clear_finished_run(out)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        explore.explore(data, config.data, out)
+        save_config(config, out / model_folder.TRAINING_CONFIG)
+    if config.data.explore_only:
         return None
-    model, normalize = prepared
+
     summary = models.summarize_model(model, (data.num_channels, data.image_size, data.image_size))
     if accelerator.is_main_process:
         accelerator.print(summary)
         write_text(out / model_folder.MODEL_SUMMARY, summary + "\n")
     if config.train.report_to != "none":
         accelerator.init_trackers("image_classifier", config=_scalars(config.to_dict()))
-
     # SIGINT/SIGTERM during training: checkpoint at the next step, then `TrainingInterrupted` (see interrupt.py).
     with StopOnSignal() as stop:
         result = train_model(model, normalize, data, data.tensors["train"], data.tensors["validation"], config,
@@ -102,29 +118,11 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     return results
 
 
-def prepare(config: Config, accelerator: Accelerator, out: Path):
-    """Data and (unless --explore_only) model, checked before anything of an old run is removed; then the
-    exploration and the resolved config are written. Returns (data, (model, normalize) or None)."""
-    if accelerator.is_main_process:
-        model_folder.clean_leftovers(out)
-    set_seed(config.train.seed)    # splits and model initialisation: identical on every process
-    for note in models.prepare_model_config(config):   # timm: RGB input, --pretrained checked now, not after the data
-        accelerator.print(note)
+def describe_recipe(config: Config, accelerator: Accelerator) -> str:
+    """The start-of-run line: the recipe, the device and model, and the value of each flag it fills."""
     values = {flag: getattr(config.train, flag) for flag in recipes.RECIPE_FLAGS}
-    accelerator.print(recipes.describe(config.train.recipe, {**values, "mixed_precision": accelerator.mixed_precision},
-                                       f"{accelerator.device.type} ({config.model.model})"))
-    # The main process decodes first and fills the cache that the others then read.
-    with accelerator.main_process_first():
-        data = data_stage.load_data(config.data, seed=config.train.seed)
-    prepared = None if config.data.explore_only else build_model(config, data)
-    # Everything that can fail on the user's input has passed: only now may an old run's files go.
-    if accelerator.is_main_process and config.train.overwrite_output_dir and not config.train.resume_from_checkpoint:
-        model_folder.clear_finished_run(out)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        explore.explore(data, config.data, out)
-        save_config(config, out / model_folder.TRAINING_CONFIG)
-    return data, prepared
+    return recipes.describe(config.train.recipe, {**values, "mixed_precision": accelerator.mixed_precision},
+                            f"{accelerator.device.type} ({config.model.model})")
 
 
 def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData",
