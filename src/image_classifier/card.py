@@ -190,7 +190,8 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
     endpoint = constants.ENDPOINT.rstrip("/")
     repo_name = (hub_model_id or out.resolve().name).split("/")[-1]
     stamp = out / (folder.METRICS if (out / folder.METRICS).exists() else folder.CONFIG)
-    plots = {name: f"{folder.PLOTS}/{name}.png" for name in _CARD_PLOTS if folder.plot_file(out, name).is_file()}
+    plots = {name: folder.plot_file(".", name).as_posix() for name in folder.PLOT_NAMES   # the template picks by name
+             if folder.plot_file(out, name).is_file()}
     return {
         **_model_context(run, out, hub_model_id, endpoint),
         **_dataset_context(run, class_names, endpoint),
@@ -204,10 +205,6 @@ def _card_context(out: Path, hub_model_id: Optional[str]) -> dict[str, Any]:
         "citation_author": hub_model_id.split("/")[0] if hub_model_id else "The authors",
         "year": datetime.fromtimestamp(stamp.stat().st_mtime, tz=timezone.utc).year,
     }
-
-
-# Plots the card shows, in this order.
-_CARD_PLOTS = ("learning_curves", "confusion_matrix", "misclassified", "samples", "class_distribution", "augmentation")
 
 
 def _model_context(run: dict[str, Any], out: Path, hub_model_id: Optional[str], endpoint: str) -> dict[str, Any]:

@@ -498,8 +498,6 @@ def training_on_cuda() -> bool:
     return torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
-# The presets trained with airbench94_muon's recipe by default (recipes.MODEL_RECIPES).
-AIRBENCH_MODELS = tuple(m for m, r in MODEL_RECIPES.items() if r == "airbench")
 
 ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainingArguments, HubArguments)
 SECRET_FIELDS = {"hub_token"}

@@ -49,8 +49,8 @@ def check_output_dir(config: Config) -> None:
                                         "it, --overwrite_output_dir to start over, or choose another --output_dir.")
     # The default net, batch and resizing schedule follow the device, so a run resumed on other hardware could
     # change them.
-    trained = model_folder.read_json(out, model_folder.TRAINING_CONFIG, {})
     if config.train.resume_from_checkpoint and not config.train.overwrite_output_dir:
+        trained = model_folder.read_json(out, model_folder.TRAINING_CONFIG, {})
         now = {"model": config.model.model, "per_device_train_batch_size": config.train.per_device_train_batch_size,
                "progressive_resize_epochs": config.train.progressive_resize_epochs}
         for flag, value in now.items():
@@ -133,9 +133,10 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
     pipeline() and the app run it (bf16 logits differ in the last digits).
     """
     results: dict[str, Any] = {}
+    predictions = {}
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        logits, labels = predict_float32(model, data.tensors[split], normalize, accelerator, config, result.tta)
-        results.update(metrics.compute_metrics(logits, labels, data.class_names, prefix=prefix))
+        predictions[split] = predict_float32(model, data.tensors[split], normalize, accelerator, config, result.tta)
+        results.update(metrics.compute_metrics(*predictions[split], data.class_names, prefix=prefix))
     results["tta"] = result.tta
     if result.tta != "none":    # what pipeline() and the app see: one view per image
         plain = predict_float32(model, data.tensors["test"], normalize, accelerator, config)
@@ -148,7 +149,7 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
     accelerator.print(
         f"test accuracy {results['test_accuracy']:.4f}  f1 {results['test_f1']:.4f}  loss {results['test_loss']:.4f}  "
         f"({results['test_num_samples']} images; best epoch {state.best_epoch}; {state.train_seconds:.1f}s training)")
-    return results, (logits, labels)
+    return results, predictions["test"]
 
 
 def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.Module, Normalize]:
