@@ -177,3 +177,35 @@ def numbered_dataset_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("numbered_dataset") / "numbered"
     table.save_to_disk(str(root))
     return root
+
+
+# photo_folder: class -> base RGB colour; sizes (width, height) the photos take in turn (landscape and portrait).
+PHOTO_COLOURS = {"sky": (70, 120, 210), "grass": (60, 170, 70), "sand": (220, 190, 120)}
+PHOTO_SIZES = [(120, 90), (96, 72), (72, 96), (150, 100)]
+
+
+def write_photo(path: Path, colour, size, rng, exif_rotated: bool = False) -> None:
+    """A JPEG "photo" of `size`: the colour with noise and a darker band, so crops of it keep the class."""
+    w, h = size
+    pixels = np.array(colour, dtype=np.int16) + rng.integers(-25, 26, size=(h, w, 3))
+    band = rng.integers(0, h - h // 4)
+    pixels[band:band + h // 4] -= 40
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    exif = Image.Exif()
+    if exif_rotated:                   # stored sideways, shown upright: EXIF orientation 6 (rotate 90 CW)
+        exif[0x0112] = 6
+    image.save(path, quality=90, exif=exif)
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """An image folder of 3 classes x 20 JPEG photos of four sizes (72-150 px, 4:3 and 3:2, some portrait, one
+    EXIF-rotated per class): the streaming path's data, learnable from the colour."""
+    root = tmp_path_factory.mktemp("photo_folder")
+    rng = np.random.default_rng(0)
+    for name, colour in PHOTO_COLOURS.items():
+        (root / name).mkdir()
+        for i in range(20):
+            write_photo(root / name / f"{i:02d}.jpg", colour, PHOTO_SIZES[i % len(PHOTO_SIZES)], rng,
+                        exif_rotated=i == 0)
+    return root

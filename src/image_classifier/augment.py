@@ -61,9 +61,12 @@ class BatchAugment(torch.nn.Module):
     preview uses it).
     """
 
-    def __init__(self, args: DataArguments, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, args: DataArguments, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                 per_sample: bool = False):
         super().__init__()
         self.enabled = bool(args.augment)
+        # The streaming path's loader already cropped, flipped and applied the policy per image (transforms.py).
+        self.per_sample = per_sample
         self.padding = int(args.random_crop_padding)
         self.flip = flip_enabled(args, class_names)         # training mirrors images (so TTA may too)
         # Under "alternate" the loader mirrors (AlternatingFlip); None (no resolved Config) means random.
@@ -97,14 +100,14 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"BatchAugment expects a uint8 batch (B, C, H, W), got {x.dtype} {tuple(x.shape)}")
         if not self.enabled:
             return x.float() / 255.0
-        if self.policy is not None:                       # policies pick ops per call: loop over images
+        if self.policy is not None and not self.per_sample:   # policies pick ops per call: loop over images
             x = torch.stack([self.policy(image) for image in x])
         x = x.float() / 255.0
         if self.jitter > 0:
             x = self._color_jitter(x)
-        if self.flip and self.flip_schedule == "random":
+        if self.flip and self.flip_schedule == "random" and not self.per_sample:
             x = self._flip(x)
-        if self.padding > 0:
+        if self.padding > 0 and not self.per_sample:
             x = self._shift(x)
         if self.rotation > 0 or self.zoom > 0:
             x = self._rotate_zoom(x)
@@ -247,23 +250,37 @@ def build_batch_mix(args: DataArguments, num_classes: int) -> Optional[BatchMix]
     return BatchMix(transform, " or ".join(names))
 
 
-def describe_augmentation(args: DataArguments, class_names: Sequence[str]) -> list[str]:
-    """What training augmentation is on, in words, for the model card and the data summary."""
+def describe_augmentation(args: DataArguments, class_names: Sequence[str],
+                          photos: Optional[tuple[int, float]] = None) -> list[str]:
+    """What training augmentation is on, in words, for the model card and the data summary. `photos`: the
+    streaming path's (image_size, crop_pct), whose loader crops, flips and applies the policy per image."""
     if not args.augment:
         return ["none (--augment false)"]
+    if photos is not None:
+        from .transforms import describe_photo_transforms
+
+        items = describe_photo_transforms(photos[0], photos[1], args.crop_scale, flip_enabled(args, class_names),
+                                          args.auto_augment)
+        return items + _batch_items(args, class_names)
     items = []
     if args.auto_augment == "randaugment":
         items.append("RandAugment (2 ops, magnitude 9), per image")
     elif args.auto_augment == "trivialaugment":
         items.append("TrivialAugment (wide), per image")
-    if args.color_jitter > 0:
-        items.append(f"colour jitter: brightness/contrast/saturation x[{1 - args.color_jitter:g}, "
-                     f"{1 + args.color_jitter:g}]")
     if flip_enabled(args, class_names):
         items.append("horizontal flip, alternating: a random half in epoch 1, then each image the other way "
                      "every epoch" if args.flip_schedule == "alternate" else "random horizontal flip (p=0.5)")
     if args.random_crop_padding > 0:
         items.append(f"random shift: reflect-pad {args.random_crop_padding} px and crop back")
+    return items + _batch_items(args, class_names) or ["none"]
+
+
+def _batch_items(args: DataArguments, class_names: Sequence[str]) -> list[str]:
+    """The batch operations (on the device, either path), in words."""
+    items = []
+    if args.color_jitter > 0:
+        items.append(f"colour jitter: brightness/contrast/saturation x[{1 - args.color_jitter:g}, "
+                     f"{1 + args.color_jitter:g}]")
     if args.rotation_degrees > 0:
         items.append(f"random rotation ±{args.rotation_degrees:g}°")
     if args.zoom > 0:
@@ -273,4 +290,4 @@ def describe_augmentation(args: DataArguments, class_names: Sequence[str]) -> li
     mix = build_batch_mix(args, max(2, len(class_names)))
     if mix is not None:
         items.append(f"{mix.description} per batch (soft targets)")
-    return items or ["none"]
+    return items

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from .recipes import (MODEL_RECIPES, OPTIMIZERS, RECIPES, default_model, optimizer_defaults, recipe_for,
-                      schedule_defaults)
+from .recipes import (MODEL_RECIPES, OPTIMIZERS, PHOTO_IMAGE_SIZE, PHOTO_MODEL, PHOTO_SIDE, RECIPES,
+                      RESIDENT_MAX_GIB, DataTraits, choose_data_path, default_model, optimizer_defaults,
+                      photo_image_size, recipe_for, schedule_defaults)
 
 __all__ = [
     "ConfigError",
@@ -53,6 +54,7 @@ def _fraction(value: float, flag: str, low_open: bool = False) -> None:
 _A, _S = RECIPES["airbench"], RECIPES["sgd_onecycle"]
 _MUON, _SGD, _ADAM = OPTIMIZERS["muon"], OPTIMIZERS["sgd"], OPTIMIZERS["adam"]
 _AIRBENCH_MODELS = "/".join(m for m, r in MODEL_RECIPES.items() if r == "airbench")
+IMBALANCED = 3.0       # largest / smallest train class from which the best epoch is picked by macro F1
 
 
 @dataclass
@@ -89,7 +91,9 @@ class DataArguments:
     )
     image_size: Optional[int] = field(
         default=None,
-        metadata={"help": "Model input side in pixels (square). Default: the most common side in the dataset."},
+        metadata={"help": f"Model input side in pixels (square). Default: the most common side in the dataset; for "
+                          f"photos (most common side over {PHOTO_SIDE} px) {PHOTO_IMAGE_SIZE['cpu']} on a CPU, "
+                          f"{PHOTO_IMAGE_SIZE['cuda']} on a CUDA GPU, at most the photos' median shorter side."},
     )
     num_channels: Optional[int] = field(
         default=None,
@@ -106,8 +110,34 @@ class DataArguments:
         metadata={"help": "Where decoded uint8 image tensors are cached between runs. "
                           "Default: $HF_HOME/image_classifier (or ~/.cache/huggingface/image_classifier)."},
     )
-    dataloader_num_workers: int = field(
-        default=0, metadata={"help": "DataLoader worker processes (0: load in the main process)."}
+    dataloader_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "DataLoader worker processes that decode images (0: in the main process). "
+                                        "Default: the CPU cores this process may use on the streaming path, 0 on the "
+                                        "resident path."}
+    )
+    data_path: Optional[Literal["resident", "streaming"]] = field(
+        default=None, metadata={"help": f"resident: decode every image once into memory (cached on disk) and augment "
+                                        f"in batches on the device; streaming: keep images encoded in the dataset's "
+                                        f"files and decode each sample in DataLoader workers (memory does not grow "
+                                        f"with the dataset). Default: streaming for photos (most common side over "
+                                        f"{PHOTO_SIDE} px) and for data whose decoded splits exceed "
+                                        f"--resident_max_gib; else resident. The run prints which and why."}
+    )
+    resident_max_gib: float = field(
+        default=RESIDENT_MAX_GIB, metadata={"help": "GiB: decoded splits larger than this take the streaming path."}
+    )
+    crop_pct: Optional[float] = field(
+        default=None, metadata={"help": "Streaming path: evaluation resizes the shorter side to image_size / crop_pct "
+                                        "and centre-crops image_size (timm). Default: a timm model's own, else 0.875."}
+    )
+    crop_scale: list[float] = field(
+        default_factory=lambda: [0.08, 1.0],
+        metadata={"help": "Streaming path: area range of the training RandomResizedCrop, as fractions of the image."}
+    )
+    class_balance: Literal["none", "sampling", "loss"] = field(
+        default="none", metadata={"help": "For imbalanced classes: 'sampling' draws training images with weights "
+                                          "1/class count (each class equally often, with replacement); 'loss' "
+                                          "weights the cross-entropy by N / (K x class count)."}
     )
     # Augmentation (training only). Each is off at 0 / False / "none".
     augment: bool = field(default=True, metadata={"help": "Master switch for training-time augmentation."})
@@ -145,7 +175,12 @@ class DataArguments:
             value = getattr(self, name)
             _require(value is None or value > 0, name, f"must be a positive integer, got {value}")
         _require(self.num_channels in (None, 1, 3), "num_channels", f"must be 1 or 3, got {self.num_channels}")
-        _require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+        _require(self.dataloader_num_workers is None or self.dataloader_num_workers >= 0, "dataloader_num_workers",
+                 "must be >= 0")
+        _require(self.resident_max_gib > 0, "resident_max_gib", f"must be > 0 GiB, got {self.resident_max_gib}")
+        _require(self.crop_pct is None or 0 < self.crop_pct <= 1, "crop_pct", f"must be in (0, 1], got {self.crop_pct}")
+        _require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale",
+                 f"must be two fractions LOW HIGH with 0 < LOW <= HIGH <= 1, got {self.crop_scale}")
         _require(0 <= self.random_crop_padding <= 64, "random_crop_padding", "must be between 0 and 64 pixels")
         _require(0 <= self.rotation_degrees <= 180, "rotation_degrees", "must be between 0 and 180 degrees")
         _fraction(self.zoom, "zoom")
@@ -164,13 +199,16 @@ class ModelArguments:
         metadata={"help": "Model preset: cnn-basic (textbook two-conv CNN), cnn-fast (airbench94's BatchNorm/GELU net "
                           "for 32x32 images at 3/4 width), cnn-wide (at full width); or a timm architecture as "
                           "timm/NAME (any name in timm.list_models(), optionally with a pretrained tag: timm/resnet10t, "
-                          "timm/resnet18.a1_in1k). Default: cnn-wide when training on a CUDA GPU, cnn-fast otherwise "
-                          "(each the sooner to 90%% on CIFAR-10 there; README, Speed, and bench/RESULTS.md)."},
+                          "timm/resnet18.a1_in1k). Default for small images: cnn-wide when training on a CUDA GPU, cnn-fast "
+                          "otherwise (each the sooner to 90%% on CIFAR-10 there; README, Speed, bench/RESULTS.md); "
+                          f"for photos (over {PHOTO_SIDE} px) {PHOTO_MODEL}, from ImageNet weights when the Hub is "
+                          "reachable."},
     )
-    pretrained: bool = field(
-        default=False,
+    pretrained: Optional[bool] = field(
+        default=None,
         metadata={"help": "timm models: start from timm's pretrained weights, downloaded from the Hub (the "
-                          "classifier is re-initialized for the dataset's classes). Default: train from scratch."},
+                          "classifier is re-initialized for the dataset's classes). Default: on for the photo default "
+                          "model when its weights can be had (offline it trains from scratch and says so); else off."},
     )
     freeze_backbone_epochs: int = field(
         default=0, metadata={"help": "timm models: train only the classifier for this many first epochs; 0 disables."}
@@ -217,9 +255,7 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        if self.model is None:
-            self.model = default_model(training_on_cuda())
-        _require(bool(self.model), "model", "must name a preset or a timm architecture (timm/NAME)")
+        _require(self.model is None or bool(self.model), "model", "must name a preset or a timm architecture (timm/NAME)")
         _require(self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", "must be >= 0 (0 disables)")
         _require(self.backbone_learning_rate is None or self.backbone_learning_rate > 0, "backbone_learning_rate",
                  f"must be > 0, got {self.backbone_learning_rate}")
@@ -347,8 +383,10 @@ class TrainingArguments:
         default=2, metadata={"help": "Plateau: epochs without improvement before the learning rate is cut."}
     )
     plateau_factor: float = field(default=0.5, metadata={"help": "Plateau: factor the learning rate is multiplied by."})
-    metric_for_best_model: Literal["accuracy", "f1", "loss"] = field(
-        default="accuracy", metadata={"help": "Validation metric that picks the best epoch and drives early stopping."}
+    metric_for_best_model: Optional[Literal["accuracy", "f1", "loss"]] = field(
+        default=None, metadata={"help": f"Validation metric that picks the best epoch and drives early stopping. "
+                                        f"Default: f1 (macro) when the train classes are imbalanced (largest / "
+                                        f"smallest >= {IMBALANCED}), else accuracy."}
     )
     early_stopping_patience: Optional[int] = field(
         default=None, metadata={"help": "Stop after this many epochs without improvement; unset disables."}
@@ -396,10 +434,11 @@ class TrainingArguments:
         default=0.0, metadata={"help": "Exponential moving average of the weights, per optimizer step (e.g. 0.99); "
                                        "evaluation and the saved model use the average. 0 disables."}
     )
-    tta: Literal["none", "flip", "flip_translate"] = field(
-        default="flip_translate", metadata={"help": "Test-time augmentation in the final evaluation (and each epoch's with "
-                                          "--tta_each_epoch): mean logits over mirrored (and 1-pixel shifted) views. "
-                                          "Applies only where horizontal flips are on (not for digits)."}
+    tta: Optional[Literal["none", "flip", "flip_translate"]] = field(
+        default=None, metadata={"help": "Test-time augmentation in the final evaluation (and each epoch's with "
+                                        "--tta_each_epoch): mean logits over mirrored (and 1-pixel shifted) views. "
+                                        "Applies only where horizontal flips are on (not for digits). Default: "
+                                        "flip_translate on the resident path, none on the streaming path (as timm)."}
     )
     tta_each_epoch: bool = field(
         default=False, metadata={"help": "Use --tta in the validation after every epoch too (learning curves, best-epoch "
@@ -441,11 +480,13 @@ class TrainingArguments:
         _require(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
         _require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (0 disables), got {self.ema_decay}")
 
-    def resolve_defaults(self, model: str) -> None:
-        """Fill the options left unset from the recipe for `model` (recipes.py) and the optimizer's defaults
-        at the resolved batch, then check them."""
+    def resolve_defaults(self, model: str, photos: bool = False) -> None:
+        """Fill the options left unset from the recipe for `model` (recipes.py; photos: finetune) and the
+        optimizer's defaults at the resolved batch, then check them."""
         cuda = training_on_cuda()
-        self.recipe = self.recipe or recipe_for(model)
+        self.recipe = self.recipe or recipe_for(model, photos)
+        self.tta = self.tta or "flip_translate"
+        self.metric_for_best_model = self.metric_for_best_model or "accuracy"
         for name, value in schedule_defaults(self.recipe, cuda, self.num_train_epochs, self.max_train_steps).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -490,6 +531,14 @@ class HubArguments:
                      "--push_to_hub needs --hub_model_id USER/NAME")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                      # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def training_on_cuda() -> bool:
     """Whether Accelerate will train on a CUDA GPU: one is visible and ACCELERATE_USE_CPU does not turn it off."""
     import torch
@@ -513,9 +562,33 @@ class Config:
     hub: HubArguments = field(default_factory=HubArguments)
 
     def __post_init__(self):
-        self.train.resolve_defaults(self.model.model)
+        # The flags left to their defaults: `follow_data` may fill them again once the data has been looked at.
+        self.unset = frozenset(f.name for part in (self.data, self.model, self.train, self.hub)
+                               for f in dataclasses.fields(part) if getattr(part, f.name) is None)
+        self._resolve(None)
+
+    def _resolve(self, traits: Optional[DataTraits]) -> None:
+        """Fill every unset flag: from the data's traits when known, else as for small images."""
+        cuda, photos = training_on_cuda(), bool(traits and traits.photos)
+        if self.model.model is None:
+            self.model.model = default_model(cuda, photos)
+        if photos and self.data.image_size is None:
+            self.data.image_size = photo_image_size(traits, cuda)
+        self.train.resolve_defaults(self.model.model, photos)
+        if traits is not None and self.data.data_path is None:
+            size = self.data.image_size or traits.side
+            channels = self.data.num_channels or (1 if traits.gray and not self.model.model.startswith("timm/") else 3)
+            self.data.data_path = choose_data_path(traits, size, channels, self.data.resident_max_gib)[0]
+        streaming = self.data.data_path == "streaming"
+        if self.data.dataloader_num_workers is None:
+            self.data.dataloader_num_workers = available_cores() if streaming else 0
+        if streaming and "tta" in self.unset:
+            self.train.tta = "none"
+        if traits is not None and "metric_for_best_model" in self.unset and (traits.imbalance_ratio or 0) >= IMBALANCED:
+            self.train.metric_for_best_model = "f1"
         # Alternation needs each image's identity and the epoch, which only ResidentBatches has.
-        resident = self.train.resident_data and self.data.dataloader_num_workers == 0
+        resident = (self.train.resident_data and self.data.dataloader_num_workers == 0 and not streaming
+                    and self.data.class_balance != "sampling")
         if self.data.flip_schedule is None:
             self.data.flip_schedule = "alternate" if resident else "random"
         _require(resident or self.data.flip_schedule == "random", "flip_schedule",
@@ -524,6 +597,31 @@ class Config:
         if self.train.output_dir is None:
             name = Path(self.data.dataset.rstrip("/")).name or "dataset"
             self.train.output_dir = os.path.join("outputs", f"{name}-{self.model.model.replace('/', '-')}")
+
+    def follow_data(self, traits: DataTraits) -> list[str]:
+        """Resolve the unset flags again for this data (photos: a timm backbone, the finetune recipe, a smaller
+        input, the streaming path; imbalance: macro F1 picks the best epoch); return the lines to print."""
+        for part in (self.data, self.model, self.train, self.hub):
+            for f in dataclasses.fields(part):
+                if f.name in self.unset:
+                    setattr(part, f.name, None)
+        self._resolve(traits)
+        d, t = self.data, self.train
+        path_why = choose_data_path(traits, d.image_size or traits.side, 3, d.resident_max_gib)[1]
+        notes = [f"Data path {d.data_path}" + (f": {path_why}" if "data_path" in self.unset else " (--data_path)")
+                 + (f"; {d.dataloader_num_workers} loader worker(s)" if d.data_path == "streaming" else "")]
+        if traits.photos and "model" in self.unset:
+            notes.append(f"Photos: the default model is {self.model.model} at {d.image_size}x{d.image_size} with the "
+                         f"{t.recipe} recipe (--model, --image_size and --recipe override them)")
+        if "metric_for_best_model" in self.unset:
+            ratio = traits.imbalance_ratio
+            why = (f"the train classes are imbalanced ({ratio:g}:1 >= {IMBALANCED:g}:1), so accuracy would favour the "
+                   "large ones" if t.metric_for_best_model == "f1" else
+                   f"the train classes are balanced enough ({ratio:g}:1 < {IMBALANCED:g}:1)" if ratio else
+                   "a class has no training image")
+            notes.append(f"The best epoch is picked by validation {t.metric_for_best_model}: {why} "
+                         "(--metric_for_best_model overrides it)")
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         """Flat {flag: value} of every option, secrets removed (re-parses with `parse_config`)."""
@@ -545,7 +643,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _parser():
     from transformers import HfArgumentParser
 
-    return HfArgumentParser(ARGUMENT_CLASSES, formatter_class=_HelpFormatter)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, formatter_class=_HelpFormatter)
+    # HfArgumentParser wants a value after an Optional[bool] flag (default None: decided later); a bare
+    # `--pretrained` means true there too, as it does for the plain bool flags.
+    for action in parser._actions:
+        if action.type is not None and getattr(action.type, "__name__", "") == "string_to_bool" and action.nargs is None:
+            action.nargs, action.const = "?", True
+    return parser
 
 
 def _read_config_file(path: str) -> dict[str, Any]:

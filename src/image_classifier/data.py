@@ -1,6 +1,7 @@
-"""The data stage: load a dataset, find its columns, split it, decode it once into uint8 tensors.
+"""The data stage: load a dataset, find its columns, split it, then decode it once into uint8 tensors (the
+resident path) or wrap it for per-sample decoding in DataLoader workers (the streaming path, for photos).
 
-Flow of `load_data`:
+`open_source` (steps 1-4 and a sample of headers; the run's defaults follow its `traits`), then `load_data`:
 
 1. `_load_source`: a Hub id or alias, a local folder of parquet/arrow files, a `save_to_disk`
    folder, or an image folder (one subfolder per class) becomes a `DatasetDict`.
@@ -8,10 +9,12 @@ Flow of `load_data`:
 3. `_normalize_source`: keep those two columns as `image` (Image) and `label` (ClassLabel).
 4. `_plan_splits`: train/validation/test as row indices into the source splits; missing ones are
    carved from train (stratified, seeded); then the seeded `--max_*_samples` subsets.
-5. `_decode_split`: every image decoded once by `images.read_image` (the app's decoder too) into a
-   uint8 (N, C, S, S) tensor, cached on disk; corrupt images are skipped with a warning (or fail:
-   --strict_images).
-6. Mean/std per channel of the train tensor; `summary` for data_summary.json.
+5. The path (--data_path, else `recipes.choose_data_path`): resident, `_decode_splits`: every image decoded
+   once by `images.read_image` (the app's decoder too) into a uint8 (N, C, S, S) tensor, cached on disk;
+   corrupt images are skipped with a warning (or fail: --strict_images). Streaming, `_stream_splits`:
+   `streaming.EncodedImages` per split, decoded by the same `read_image` at each access, with transforms.py's
+   photo transforms; nothing is cached.
+6. Mean/std per channel of the train images (all, or a sample when streaming); `summary` for data_summary.json.
 
 `build_image_processor` is the transformers image processor saved with the model, which gives the same
 numbers as `images.decode_image` followed by `Normalize`.
@@ -34,9 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DataArguments
+from .config import DataArguments, training_on_cuda
 from .files import atomic_path, looks_like_local_path
 from .images import IMAGE_SUFFIXES, image_tensor, read_image, resize_square
+from .recipes import DataTraits, choose_data_path, photo_image_size
 
 __all__ = [
     "DataError",
@@ -45,6 +49,8 @@ __all__ = [
     "resolve_dataset",
     "load_data",
     "build_image_data",
+    "open_source",
+    "DataSource",
     "ImageData",
     "ImageTensors",
     "build_image_processor",
@@ -70,6 +76,7 @@ LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "categ
 GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 DEFAULTS_SAMPLE = 1000          # train images whose headers decide the default size and channels
 SKIPPED_SHOWN = 5               # skipped rows named in the warning and the summary
+STATS_SAMPLE = 256              # streaming path: train images whose pixels give the mean and std
 
 
 class DataError(ValueError):
@@ -102,13 +109,20 @@ class ImageTensors(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
 
+    def images_at(self, positions) -> torch.Tensor:
+        """uint8 (n, C, H, W) of the given positions."""
+        return self.images[torch.as_tensor(list(positions), dtype=torch.int64)]
+
 
 @dataclass
 class ImageData:
     """Everything the later stages need from the data stage."""
 
     splits: Any                            # datasets.DatasetDict: train/validation/test, columns image, label
-    tensors: dict[str, ImageTensors]       # same keys; row i of a tensor is row i of its split
+    # Same keys: the model's input per split, (uint8 (C, S, S), label) per item, row i = row i of its split.
+    # ImageTensors on the resident path; streaming.EncodedImages (decoded per access) on the streaming path,
+    # the train split's with the random training transforms (`eval_views` holds its evaluation view).
+    tensors: dict[str, Any]
     class_names: list[str]
     image_size: int
     num_channels: int
@@ -116,6 +130,55 @@ class ImageData:
     std: list[float]
     summary: dict                          # what data_summary.json holds
     cache: dict = field(default_factory=dict)   # cache folder, files, which splits were hits, seconds
+    path: str = "resident"                 # "resident" or "streaming"
+    crop_pct: Optional[float] = None       # streaming: the evaluation crop (transforms.build_eval_transform)
+    eval_views: dict[str, Any] = field(default_factory=dict)    # streaming: train split, evaluation transform
+
+    def eval_view(self, split: str):
+        """The split as evaluation sees it (no random transforms): for plots, examples and statistics."""
+        return self.eval_views.get(split, self.tensors[split])
+
+
+@dataclass
+class _Headers:
+    """Image headers (size and mode, no pixels) of a sample of train images."""
+
+    sides: Counter                         # side length (px) -> count, width and height both counted
+    short_sides: list                      # each image's shorter side (px)
+    sizes: Counter                         # "WxH" -> count
+    modes: Counter                         # PIL mode -> count
+    gray: int                              # grayscale images among them
+    seen: int                              # images whose header could be read
+    description: str                       # "1000 sampled train images" / "all 72 train images"
+
+
+@dataclass
+class DataSource:
+    """A dataset loaded, its columns found, its splits planned and a sample of its headers read, before any
+    image is decoded: what `load_data` then decodes or streams, and what the run's defaults follow (`traits`)."""
+
+    args: DataArguments
+    kind: str                              # "hub", "imagefolder", "data files", "save_to_disk", "in memory"
+    resolved: Optional[str]
+    image_column: str
+    label_column: str
+    normalized: Any                        # DatasetDict: the source splits, columns image and label
+    class_names: list[str]
+    labels: dict                           # source split -> int64 labels
+    plans: dict                            # train/validation/test -> _SplitPlan
+    splits: Any                            # DatasetDict: train/validation/test rows of the source
+    headers: _Headers
+    notes: list
+    seed: int
+
+    def traits(self) -> DataTraits:
+        counts = list(_class_counts(self.labels[self.plans["train"].source][self.plans["train"].rows],
+                                    self.class_names).values())
+        side = max(self.headers.sides.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        return DataTraits(side=int(side), short_side=int(np.median(self.headers.short_sides)),
+                          num_images=sum(len(p.rows) for p in self.plans.values()),
+                          gray=self.headers.gray == self.headers.seen,
+                          imbalance_ratio=round(max(counts) / min(counts), 2) if min(counts) > 0 else None)
 
 
 def resolve_dataset(name: str) -> str:
@@ -525,39 +588,47 @@ def _is_gray(image: Image.Image) -> bool:
     return False
 
 
-def _choose_defaults(split, args: DataArguments) -> tuple[int, int, str, str]:
-    """(image_size, num_channels, how each was chosen) from the flags, else from sampled train headers."""
-    if args.image_size is not None and args.num_channels is not None:
-        return args.image_size, args.num_channels, "--image_size", "--num_channels"
+def _read_headers(split) -> _Headers:
+    """Sizes and modes of up to DEFAULTS_SAMPLE train images, spread over the split (headers only, no pixels)."""
     n = len(split)
     positions = np.unique(np.linspace(0, n - 1, num=min(n, DEFAULTS_SAMPLE)).astype(np.int64)).tolist()
     values = split.select(positions)["image"][:]
-    sides: Counter = Counter()
-    gray = seen = 0
+    headers = _Headers(Counter(), [], Counter(), Counter(), 0, 0, "")
     for value in values:
         try:
             source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
             with Image.open(source) as image:                    # reads the header only: size and mode
-                sides.update(image.size)
-                gray += _is_gray(image)
+                headers.sides.update(image.size)
+                headers.short_sides.append(min(image.size))
+                headers.sizes["{}x{}".format(*image.size)] += 1
+                headers.modes[image.mode] += 1
+                headers.gray += _is_gray(image)
         except Exception:
             continue                                             # reported when decoding
-        seen += 1
-    if seen == 0:
+        headers.seen += 1
+    if headers.seen == 0:
         raise DataError(f"None of the {len(positions)} sampled train images could be opened; the image column "
                         f"holds no readable images. Check the files, or pass another --image_column.")
-    sample = f"{seen} sampled train images" if seen < n else f"all {seen} train images"
+    headers.description = f"{headers.seen} sampled train images" if headers.seen < n else f"all {headers.seen} train images"
+    return headers
+
+
+def _choose_size(source: DataSource, args: DataArguments) -> tuple[int, int, str, str]:
+    """(image_size, num_channels, how each was chosen): the flags, else from the sampled train headers."""
+    traits, headers = source.traits(), source.headers
     if args.image_size is not None:
         size, size_from = args.image_size, "--image_size"
+    elif traits.photos:
+        size = photo_image_size(traits, training_on_cuda())
+        size_from = f"photos: the default for this device, at most the median shorter side among {headers.description}"
     else:
-        size = max(sides.items(), key=lambda kv: (kv[1], kv[0]))[0]      # most common side; ties: larger
-        size_from = f"most common side among {sample}"
+        size, size_from = traits.side, f"most common side among {headers.description}"
     if args.num_channels is not None:
         channels, channels_from = args.num_channels, "--num_channels"
     else:
-        channels = 1 if gray == seen else 3
-        channels_from = (f"all {sample} are grayscale" if channels == 1
-                         else f"{seen - gray} of {sample} are in colour")
+        channels = 1 if traits.gray else 3
+        channels_from = (f"all {headers.description} are grayscale" if channels == 1
+                         else f"{headers.seen - headers.gray} of {headers.description} are in colour")
     return size, channels, size_from, channels_from
 
 
@@ -674,18 +745,14 @@ def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 # --------------------------------------------------------------------------------------------
 
 
-def load_data(args: DataArguments, seed: int) -> ImageData:
-    """Load, find columns, split, decode (cached) and summarize the dataset that --dataset names."""
-    raw, kind, resolved = _load_source(args)
-    return build_image_data(raw, args, seed, source=kind, resolved=resolved)
-
-
-def build_image_data(raw, args: DataArguments, seed: int, *, source: str = "in memory",
-                     resolved: Optional[str] = None) -> ImageData:
-    """Everything of `load_data` after loading, for a `DatasetDict` (or `Dataset`) already in hand."""
+def open_source(args: DataArguments, seed: int, raw=None, *, kind: str = "in memory",
+                resolved: Optional[str] = None) -> DataSource:
+    """Load what --dataset names (or take `raw`, a `DatasetDict`/`Dataset` in hand), find the columns, plan the
+    splits and read a sample of train headers; no image is decoded yet."""
     import datasets
 
-    started = time.perf_counter()
+    if raw is None:
+        raw, kind, resolved = _load_source(args)
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict({"train": raw})
     first = next(iter(raw.values()))
@@ -699,25 +766,48 @@ def build_image_data(raw, args: DataArguments, seed: int, *, source: str = "in m
     plans = _plan_splits(list(normalized.keys()), labels, args, seed, class_names, notes)
     splits = datasets.DatasetDict({
         s: normalized[p.source].select(p.rows, keep_in_memory=True) for s, p in plans.items()})
-    image_size, num_channels, size_from, channels_from = _choose_defaults(
-        splits["train"].cast_column("image", datasets.Image(decode=False)), args)
-    estimate = sum(len(s) for s in splits.values()) * num_channels * image_size ** 2
+    headers = _read_headers(splits["train"].cast_column("image", datasets.Image(decode=False)))
+    return DataSource(args, kind, resolved, image_column, label_column, normalized, class_names, labels, plans,
+                      splits, headers, notes, seed)
+
+
+def load_data(args: DataArguments, seed: int, source: Optional[DataSource] = None) -> ImageData:
+    """Load, find columns, split, then decode (resident path, cached) or wrap for per-sample decoding (streaming
+    path) and summarize the dataset that --dataset names (or `source`, already opened with these args)."""
+    source = source or open_source(args, seed)
+    started = time.perf_counter()
+    image_size, num_channels, size_from, channels_from = _choose_size(source, args)
+    path = args.data_path or choose_data_path(source.traits(), image_size, num_channels, args.resident_max_gib)[0]
+    build = _stream_splits if path == "streaming" else _decode_splits
+    data = build(source, args, image_size, num_channels)
+    data.summary = _summarize(source, data, size_from, channels_from)
+    data.cache["seconds"] = round(time.perf_counter() - started, 3)
+    return data
+
+
+def build_image_data(raw, args: DataArguments, seed: int, *, source: str = "in memory",
+                     resolved: Optional[str] = None) -> ImageData:
+    """Everything of `load_data` after loading, for a `DatasetDict` (or `Dataset`) already in hand."""
+    return load_data(args, seed, open_source(args, seed, raw, kind=source, resolved=resolved))
+
+
+def _decode_splits(source: DataSource, args: DataArguments, image_size: int, num_channels: int) -> ImageData:
+    """The resident path: every split decoded once into uint8 tensors (cached on disk), skips reported."""
+    estimate = sum(len(s) for s in source.splits.values()) * num_channels * image_size ** 2
     if estimate > 8 * 2 ** 30:
         warnings.warn(f"The decoded images take about {estimate / 2 ** 30:.1f} GiB in memory "
-                      f"({image_size}x{image_size}x{num_channels}); pass a smaller --image_size or "
-                      f"--max_train_samples if that is too much.", stacklevel=2)
-
+                      f"({image_size}x{image_size}x{num_channels}); pass --data_path streaming, a smaller "
+                      f"--image_size or --max_train_samples if that is too much.", stacklevel=3)
     root = _cache_root(args)
-    tensors: dict[str, ImageTensors] = {}
-    entries: dict[str, dict] = {}
+    splits, tensors, entries = dict(source.splits), {}, {}
     cache = {"dir": str(root), "files": {}, "hits": {}}
-    for s, plan in plans.items():
-        key = {"version": DECODE_VERSION, "fingerprint": normalized[plan.source]._fingerprint,
+    for s, plan in source.plans.items():
+        key = {"version": DECODE_VERSION, "fingerprint": source.normalized[plan.source]._fingerprint,
                "source_split": plan.source, "rows": hashlib.sha256(plan.rows.tobytes()).hexdigest(),
-               "label_column": label_column, "image_column": image_column, "classes": class_names,
-               "image_size": image_size, "num_channels": num_channels}
-        path = _cache_file(root, resolved or args.dataset, s, key)
-        entry, hit = _load_or_decode(splits[s], s, plan, labels[plan.source][plan.rows], key, path, args,
+               "label_column": source.label_column, "image_column": source.image_column,
+               "classes": source.class_names, "image_size": image_size, "num_channels": num_channels}
+        path = _cache_file(root, source.resolved or args.dataset, s, key)
+        entry, hit = _load_or_decode(splits[s], s, plan, source.labels[plan.source][plan.rows], key, path, args,
                                      image_size, num_channels)
         if args.strict_images and entry["skipped"]:
             raise DataError(f"{len(entry['skipped'])} image(s) of the {s} split cannot be decoded, first: "
@@ -728,22 +818,64 @@ def build_image_data(raw, args: DataArguments, seed: int, *, source: str = "in m
         if len(entry["kept"]) == 0:
             raise DataError(f"No image of the {s} split could be decoded ({len(entry['skipped'])} failed, first: "
                             f"{entry['skipped'][0] if entry['skipped'] else 'none'}). Check the image files.")
-        tensors[s] = ImageTensors(entry["images"], entry["labels"])
-        entries[s] = entry
+        tensors[s], entries[s] = ImageTensors(entry["images"], entry["labels"]), entry
         cache["files"][s], cache["hits"][s] = str(path), hit
-    skipped = [row for s in plans for row in entries[s]["skipped"]]
+    skipped = [row for s in source.plans for row in entries[s]["skipped"]]
     if skipped:
         warnings.warn(f"Skipped {len(skipped)} image(s) that could not be decoded; first: "
                       f"{'; '.join(skipped[:SKIPPED_SHOWN])}. Pass --strict_images to stop on them instead.",
-                      CorruptImageWarning, stacklevel=2)
-    mean, std = list(entries["train"]["mean"]), list(entries["train"]["std"])     # stored with the decoded train split
-    cache["seconds"] = round(time.perf_counter() - started, 3)
+                      CorruptImageWarning, stacklevel=3)
+    sizes, modes = Counter(), Counter()
+    for entry in entries.values():
+        sizes.update(entry["sizes"])
+        modes.update(entry["modes"])
+    total = sum(len(t) for t in tensors.values())
+    counted = {"images_counted": f"all {total} decoded images of train, validation and test",
+               "image_sizes": dict(sizes.most_common(20)), "image_modes": dict(modes.most_common()),
+               "skipped_images": {"count": len(skipped), "first": skipped[:SKIPPED_SHOWN]}}
+    import datasets
 
-    summary = _summarize(args, source, resolved, image_column, label_column, class_names, normalized, labels,
-                         plans, tensors, entries, skipped, image_size, num_channels, size_from, channels_from,
-                         mean, std, seed, notes)
-    return ImageData(splits=splits, tensors=tensors, class_names=class_names, image_size=image_size,
-                     num_channels=num_channels, mean=mean, std=std, summary=summary, cache=cache)
+    return ImageData(splits=datasets.DatasetDict(splits), tensors=tensors, class_names=source.class_names,
+                     image_size=image_size, num_channels=num_channels, mean=list(entries["train"]["mean"]),
+                     std=list(entries["train"]["std"]), summary=counted, cache=cache)
+
+
+def _stream_splits(source: DataSource, args: DataArguments, image_size: int, num_channels: int) -> ImageData:
+    """The streaming path: each split stays encoded and is decoded per access (streaming.EncodedImages); the
+    train split with random-resized crops and flips, the others with the evaluation resize and centre crop."""
+    from .augment import flip_enabled
+    from .streaming import EncodedImages
+    from .transforms import DEFAULT_CROP_PCT, build_eval_transform, build_train_transform, eval_resize_size
+
+    crop_pct = args.crop_pct or DEFAULT_CROP_PCT
+    evaluation = build_eval_transform(image_size, crop_pct)
+    draft = eval_resize_size(image_size, crop_pct)        # JPEGs decode at a reduced scale down to this side
+    sets = {}
+    for s, plan in source.plans.items():
+        def describe(position: int, value, s=s, plan=plan) -> str:
+            return _describe_row(value, s, plan.source, int(plan.rows[position]))
+
+        sets[s] = EncodedImages(source.splits[s], source.labels[plan.source][plan.rows], num_channels, image_size,
+                                evaluation, describe, draft)
+    train_view = sets["train"]
+    sets["train"] = train_view.with_transform(build_train_transform(
+        image_size, args.crop_scale, args.augment and flip_enabled(args, source.class_names),
+        args.auto_augment if args.augment else "none"), draft)
+    if not args.augment:
+        sets["train"] = train_view
+    rng = np.random.default_rng(source.seed)
+    sample = np.sort(rng.choice(len(train_view), size=min(STATS_SAMPLE, len(train_view)), replace=False))
+    items = [train_view[int(i)] for i in sample]
+    mean, std = _channel_stats(torch.stack([image for image, label in items if label >= 0] or [items[0][0]]))
+    headers = source.headers
+    counted = {"images_counted": f"headers of {headers.description} (the streaming path decodes images as it "
+                                 f"reads them); mean and std of {len(sample)} sampled train images",
+               "image_sizes": dict(headers.sizes.most_common(20)), "image_modes": dict(headers.modes.most_common()),
+               "skipped_images": {"count": None, "first": [],
+                                  "note": "counted while training and evaluating (the streaming path)"}}
+    return ImageData(splits=source.splits, tensors=sets, class_names=source.class_names, image_size=image_size,
+                     num_channels=num_channels, mean=mean, std=std, summary=counted, path="streaming",
+                     crop_pct=crop_pct, eval_views={"train": train_view})
 
 
 def _class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
@@ -751,44 +883,36 @@ def _class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     return {name: int(c) for name, c in zip(class_names, counts)}
 
 
-def _summarize(args, source, resolved, image_column, label_column, class_names, normalized, labels, plans,
-               tensors, entries, skipped, image_size, num_channels, size_from, channels_from, mean, std,
-               seed, notes) -> dict:
-    sizes: Counter = Counter()
-    modes: Counter = Counter()
-    for entry in entries.values():
-        sizes.update(entry["sizes"])
-        modes.update(entry["modes"])
-    train_counts = _class_counts(tensors["train"].labels.numpy(), class_names)
+def _summarize(source: DataSource, data: ImageData, size_from: str, channels_from: str) -> dict:
+    args, plans, labels, class_names = source.args, source.plans, source.labels, source.class_names
+    train_counts = _class_counts(data.tensors["train"].labels.numpy(), class_names)
     smallest = min(train_counts.values())
-    total = sum(len(t) for t in tensors.values())
     return {
         "dataset": args.dataset,
-        "dataset_resolved": resolved or args.dataset,
+        "dataset_resolved": source.resolved or args.dataset,
         "dataset_config_name": args.dataset_config_name,
-        "source": source,
-        "image_column": image_column,
-        "label_column": label_column,
+        "source": source.kind,
+        "image_column": source.image_column,
+        "label_column": source.label_column,
         "num_classes": len(class_names),
         "class_names": class_names,
         "source_splits": {name: {"rows": int(len(labels[name])),
-                                 "class_counts": _class_counts(labels[name], class_names)} for name in normalized},
-        "splits": {s: {"rows": len(tensors[s]), "from": plans[s].origin,
+                                 "class_counts": _class_counts(labels[name], class_names)} for name in source.normalized},
+        "splits": {s: {"rows": len(data.tensors[s]), "from": plans[s].origin,
                        "rows_before_limit": plans[s].rows_before_limit,
-                       "class_counts": _class_counts(tensors[s].labels.numpy(), class_names)} for s in tensors},
+                       "class_counts": _class_counts(data.tensors[s].labels.numpy(), class_names)} for s in data.tensors},
         "imbalance_ratio": round(max(train_counts.values()) / smallest, 4) if smallest > 0 else None,
-        "images_counted": f"all {total} decoded images of train, validation and test",
-        "image_sizes": dict(sizes.most_common(20)),
-        "image_modes": dict(modes.most_common()),
-        "skipped_images": {"count": len(skipped), "first": skipped[:SKIPPED_SHOWN]},
-        "image_size": image_size,
+        **data.summary,
+        "data_path": data.path,
+        "image_size": data.image_size,
         "image_size_from": size_from,
-        "num_channels": num_channels,
+        "num_channels": data.num_channels,
         "num_channels_from": channels_from,
-        "mean": mean,
-        "std": std,
-        "seed": seed,
+        **({"crop_pct": data.crop_pct} if data.crop_pct else {}),
+        "mean": data.mean,
+        "std": data.std,
+        "seed": source.seed,
         "max_train_samples": args.max_train_samples,
         "max_eval_samples": args.max_eval_samples,
-        "notes": notes,
+        "notes": source.notes,
     }

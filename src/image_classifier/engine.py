@@ -33,6 +33,7 @@ from .model_folder import CHECKPOINTS
 from .models import train_stem_bias
 from .optim import build_optimizer, freeze_backbone
 from .recipes import RECIPES, recipe_for
+from .streaming import SKIPPED, collate_dropping_skipped
 
 __all__ = [
     "TrainerState",
@@ -313,7 +314,9 @@ def predict(model, loader, normalize: Callable, accelerator: Accelerator,
         logits, labels = accelerator.gather_for_metrics((logits, labels))
         all_logits.append(logits.cpu().numpy())
         all_labels.append(labels.cpu().numpy())
-    return np.concatenate(all_logits), np.concatenate(all_labels)
+    logits, labels = np.concatenate(all_logits), np.concatenate(all_labels)
+    kept = labels != SKIPPED             # the streaming path's undecodable images (each warned about once)
+    return (logits, labels) if kept.all() else (logits[kept], labels[kept])
 
 
 class ResidentBatches:
@@ -366,10 +369,11 @@ class ResidentBatches:
 
 def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator, args: TrainingArguments,
                  state: TrainerState, max_steps: int, average_weights: Optional[Callable[[], None]] = None,
-                 stop: Optional[StopOnSignal] = None) -> dict[str, float]:
+                 stop: Optional[StopOnSignal] = None, class_weights: Optional[torch.Tensor] = None) -> dict[str, float]:
     """One pass over the training loader (or until a stop signal at an optimizer step).
 
     Returns the sums of loss, correct predictions and samples (`loss_sum`, `correct`, `seen`) over all processes.
+    `class_weights` (K,) weight the loss per true class (--class_balance loss).
     """
     model.train()
     per_step_schedule = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
@@ -380,12 +384,14 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
                disable=not accelerator.is_local_main_process, initial=state.step_in_epoch,
                total=state.step_in_epoch + len(loader))
     for images, labels in bar:
+        if labels.numel() == 0:        # the streaming path: every image of this batch was undecodable
+            continue
         with accelerator.accumulate(model):
             inputs, targets = augment(images), labels                 # uint8 -> normalized float, on device
             if mix is not None:
                 inputs, targets = mix(inputs, labels)                 # targets: (B, K) soft
             logits = model(pixel_values=inputs).logits
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
+            loss = F.cross_entropy(logits.float(), targets, weight=class_weights, label_smoothing=args.label_smoothing)
             accelerator.backward(loss)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -412,11 +418,33 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
     return dict(zip(("loss_sum", "correct", "seen"), totals))
 
 
-def _loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
+                 sampler: Optional[torch.utils.data.Sampler] = None) -> DataLoader:
+    """A DataLoader over a split: worker processes decode (the streaming path), pinned memory and a prefetch
+    of 4 batches per worker on a GPU, undecodable images dropped from training batches."""
+    cuda = torch.cuda.is_available() and training_on_cuda()
     # A generator of its own: each new iterator draws its worker seed from it instead of the global
     # RNG, so the iterator a mid-epoch resume creates leaves the augmentation draws where they were.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      drop_last=False, persistent_workers=num_workers > 0, generator=torch.Generator())
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, drop_last=False, persistent_workers=num_workers > 0,
+                      generator=torch.Generator(), pin_memory=cuda,
+                      prefetch_factor=(4 if cuda else 2) if num_workers > 0 else None,
+                      collate_fn=collate_dropping_skipped if shuffle else None)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,) float32: N / (K x count of class k), so every class carries the same total weight (sklearn's
+    'balanced'); a class with no training image gets weight 0."""
+    counts = torch.bincount(labels[labels >= 0], minlength=num_classes).float()
+    return torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+
+
+def balanced_sampler(labels: torch.Tensor, seed: int) -> torch.utils.data.WeightedRandomSampler:
+    """Draws len(labels) training images per epoch with probability 1 / (count of its class): each class
+    equally often, small ones with repeats (--class_balance sampling)."""
+    weights = class_weights(labels, int(labels.max()) + 1)[labels]
+    return torch.utils.data.WeightedRandomSampler(weights.double(), num_samples=len(labels), replacement=True,
+                                                  generator=torch.Generator().manual_seed(seed))
 
 
 @dataclass
@@ -444,6 +472,7 @@ class Loop:
     tta: str                        # the final evaluation's test-time augmentation (see resolve_tta)
     epoch_tta: str                  # the per-epoch validation's
     ema: Optional[AveragedModel] = None
+    class_weights: Optional[torch.Tensor] = None     # (K,) loss weight per class (--class_balance loss)
     lookahead: Optional[Lookahead] = None
     epoch_start: list[Callable[[int], None]] = field(default_factory=list)    # hook(epoch, 0-based)
 
@@ -484,7 +513,7 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
             hook(state.epoch)
         started = time.perf_counter()
         sums = _train_epoch(loop.model, loader, loop.optimizer, loop.scheduler, augment, mix, accelerator, args,
-                            state, loop.max_steps, loop.average_weights(), stop)
+                            state, loop.max_steps, loop.average_weights(), stop, loop.class_weights)
         state.train_seconds += time.perf_counter() - started
         sums = {k: v + state.epoch_sums.get(k, 0.0) for k, v in sums.items()}   # + the part before a resume
         if stop and stop.agreed:   # stopped mid-epoch: the resumed run finishes this epoch and its sums
@@ -514,8 +543,8 @@ def setup(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, c
     """Loaders, optimizer and scheduler prepared by Accelerate; weight averages; the epoch-start hooks; the
     state of a checkpoint for --resume_from_checkpoint. Prints the plan."""
     args = config.train
-    workers = config.data.dataloader_num_workers
-    eval_loader = _loader(eval_set, args.per_device_eval_batch_size, False, workers)
+    workers, class_balance = config.data.dataloader_num_workers or 0, config.data.class_balance
+    eval_loader = build_loader(eval_set, args.per_device_eval_batch_size, False, workers)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.sync_batchnorm and accelerator.num_processes > 1:
@@ -523,14 +552,15 @@ def setup(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, c
     lr = effective_learning_rate(args, accelerator.num_processes)
     backbone_lr = config.model.backbone_learning_rate and config.model.backbone_learning_rate * lr / args.learning_rate
     optimizer = build_optimizer(model, args, lr, backbone_lr)      # (--scale_lr scales the backbone's lr too)
-    if args.resident_data and workers == 0:
+    if args.resident_data and workers == 0 and hasattr(train_set, "images") and class_balance != "sampling":
         model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
         train_loader = ResidentBatches(train_set, args.per_device_train_batch_size, accelerator.device, args.seed,
                                        accelerator.process_index, accelerator.num_processes,
                                        args.gradient_accumulation_steps,
                                        augment.alternating_flip(len(train_set), args.seed))
     else:
-        train_loader = _loader(train_set, args.per_device_train_batch_size, True, workers)
+        train_loader = build_loader(train_set, args.per_device_train_batch_size, True, workers,
+                                    balanced_sampler(train_set.labels, args.seed) if class_balance == "sampling" else None)
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     augment.to(accelerator.device)      # parameter-free modules: mean/std buffers follow the batches
     normalize.to(accelerator.device)
@@ -545,6 +575,8 @@ def setup(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, c
                 ema=AveragedModel(unwrapped, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
                 if args.ema_decay > 0 else None,
                 lookahead=Lookahead(unwrapped, max_steps) if args.lookahead else None)
+    if class_balance == "loss":
+        loop.class_weights = class_weights(train_set.labels, unwrapped.config.num_labels).to(accelerator.device)
     loop.epoch_start = epoch_start_hooks(loop, augment, config, accelerator)
     accelerator.register_for_checkpointing(loop.scheduler, loop.state,
                                            *(a for a in (loop.lookahead, loop.ema) if a is not None))

@@ -23,21 +23,27 @@ def explore(data: ImageData, args: DataArguments, output_dir) -> dict:
     """Write OUT/data_summary.json and OUT/plots/{samples,class_distribution,augmentation}.png; print a summary."""
     out = Path(output_dir)
     summary = dict(data.summary)
-    summary["augmentation"] = describe_augmentation(args, data.class_names)
+    streaming = data.path == "streaming"
+    summary["augmentation"] = describe_augmentation(args, data.class_names, (data.image_size, data.crop_pct)
+                                                    if streaming else None)
     write_json(out / DATA_SUMMARY, summary)
 
-    train = data.tensors["train"]
+    train = data.eval_view("train")
     positions = _sample_positions(train.labels, len(data.class_names))
-    plots.plot_samples(train.images[positions], train.labels[positions].tolist(), data.class_names,
+    plots.plot_samples(train.images_at(positions), train.labels[positions].tolist(), data.class_names,
                        plot_file(out, "samples"))
     counts = {s: info["class_counts"] for s, info in summary["splits"].items()}
     plots.plot_class_distribution(counts, plot_file(out, "class_distribution"))
-    original = train.images[0]
+    original = train.images_at([0])[0]
     # Random flips here even under --flip_schedule alternate: the preview is one epoch's worth of draws.
-    augment = BatchAugment(dataclasses.replace(args, flip_schedule="random"), data.class_names, data.mean, data.std)
+    augment = BatchAugment(dataclasses.replace(args, flip_schedule="random"), data.class_names, data.mean, data.std,
+                           per_sample=streaming)
     with torch.random.fork_rng(devices=[]):          # the preview must not shift the training randomness
         torch.manual_seed(0)
-        augmented = augment.augment(original.unsqueeze(0).repeat(11, 1, 1, 1))
+        # streaming: 11 draws of the loader's per-image transforms (random-resized crops, flips), then the batch's
+        views = (torch.stack([data.tensors["train"][0][0] for _ in range(11)]) if streaming
+                 else original.unsqueeze(0).repeat(11, 1, 1, 1))
+        augmented = augment.augment(views)
     plots.plot_augmentation(original, augmented.clamp(0, 1), plot_file(out, "augmentation"))
 
     print(_format_summary(summary))
@@ -69,7 +75,8 @@ def _format_summary(summary: dict) -> str:
         f"  {summary['num_classes']} classes: {names}",
         f"  splits: {splits}; train imbalance max/min {summary['imbalance_ratio']}",
         f"  images: {sizes}; modes: {modes}; skipped {summary['skipped_images']['count']}",
-        f"  model input: {summary['num_channels']}x{summary['image_size']}x{summary['image_size']}; "
+        f"  model input: {summary['num_channels']}x{summary['image_size']}x{summary['image_size']} "
+        f"({summary['data_path']} path); "
         f"mean {summary['mean']}, std {summary['std']}",
         f"  augmentation: {'; '.join(summary.get('augmentation', [])) or 'none'}",
     ]

@@ -16,6 +16,7 @@ training, `pipeline()`, the app and the CLI.
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any, BinaryIO, Optional, Union
@@ -71,20 +72,24 @@ def resize_square(tensor: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def read_image(image: ImageLike, num_channels: int = 3, max_side: Optional[int] = MAX_SIDE,
-               max_pixels: Optional[int] = None) -> tuple[Image.Image, tuple[int, int], str]:
+               max_pixels: Optional[int] = None,
+               min_short_side: Optional[int] = None) -> tuple[Image.Image, tuple[int, int], str]:
     """(8-bit RGB image, or L for num_channels=1; the source's (width, height); the source's mode).
 
     Images with more than `max_pixels` pixels (default: PIL's `Image.MAX_IMAGE_PIXELS`, about 89
     megapixels) are refused before decoding; images longer than `max_side` are shrunk (LANCZOS; JPEGs
     opened here decode at 1/2, 1/4 or 1/8 scale first, never below `max_side`); `max_side=None` keeps the size.
+    `min_short_side` (training on photos): a JPEG decodes at the smallest of those scales whose shorter side
+    is still at least that many pixels (a 1024x768 photo for a 160-px crop: 1/4 scale, 4x fewer pixels to
+    decode and resize).
     """
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     opened_here = not isinstance(image, (Image.Image, np.ndarray))
     img = open_image(image, limit)
     size, mode = img.size, img.mode
     try:
-        if opened_here and max_side and img.format == "JPEG" and max(img.size) > max_side:
-            img.draft(None, _draft_size(img.size, max_side))       # same mode, a smaller scale
+        if opened_here and img.format == "JPEG":
+            _draft(img, max_side, min_short_side)                  # same mode, a smaller scale
         img.load()
         try:
             img = ImageOps.exif_transpose(img)      # camera JPEGs: pixels as the viewer shows them
@@ -246,7 +251,14 @@ def _describe(source: Any) -> str:
     return "the input"
 
 
-def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    w, h = size
-    scale = max_side / max(w, h)
-    return max(1, int(w * scale)), max(1, int(h * scale))
+def _draft(img: Image.Image, max_side: Optional[int], min_short_side: Optional[int]) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale: never below `max_side` on the longer side nor below
+    `min_short_side` on the shorter one (PIL picks the smallest scale at least the requested size)."""
+    w, h = img.size
+    scale = 1.0
+    if max_side and max(w, h) > max_side:
+        scale = max_side / max(w, h)
+    if min_short_side and min(w, h) > min_short_side:
+        scale = min(scale, min_short_side / min(w, h))
+    if scale < 1.0:
+        img.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))

@@ -54,20 +54,22 @@ _SHAPE_OPTIONS = frozenset({"widths", "convs_per_block", "kernel_size", "pooling
 
 
 def create_model(name: str, *, class_names: list[str], num_channels: int, image_size: int,
-                 overrides: dict[str, Any] | None = None, pretrained: bool = False) -> PreTrainedModel:
+                 overrides: dict[str, Any] | None = None, pretrained: bool = False,
+                 crop_pct: float | None = None) -> PreTrainedModel:
     """A freshly initialised model: preset `name` with `overrides` (from `ModelArguments.overrides()`) applied,
     or the timm architecture `name` ('timm/NAME' or a bare timm name), from timm's pretrained weights when
     `pretrained` (with a new classifier).
 
     `class_names[i]` is the label of logit i (`config.id2label`); images are `num_channels` x `image_size`
-    x `image_size`. Raises ValueError for an unknown preset or override.
+    x `image_size`; `crop_pct` (streaming path) is the evaluation crop a timm model's saved data config
+    records (None: images squashed to the square). Raises ValueError for an unknown preset or override.
     """
     if not class_names:
         raise ValueError("class_names must name at least one class")
     timm_name = None if name in PRESETS else timm_model_name(name)
     if timm_name is not None:
         return create_timm_model(timm_name, list(class_names), num_channels, image_size, dict(overrides or {}),
-                                  pretrained)
+                                  pretrained, crop_pct)
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}, "
                          "or a timm architecture as timm/NAME")
@@ -172,6 +174,34 @@ def summarize_model(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
     ])
 
 
+def estimate_training_bytes(model: nn.Module, batch_size: int, input_shape: tuple[int, int, int]) -> int:
+    """Bytes one training step of `model` holds at `batch_size` images of (C, H, W), in float32: every leaf
+    layer's output (what autograd keeps for the backward pass) plus the largest two again (the gradients
+    flowing back), and four copies of the weights (weights, gradients, two optimizer moments).
+
+    Measured by a forward pass of 2 images on a copy of the model, scaled to the batch; a bound on the order,
+    not to the byte (bench/data_throughput.py prints it beside the measured peak).
+    """
+    probe = copy.deepcopy(model).train()
+    first = next(probe.parameters(), None)
+    x = torch.zeros(2, *input_shape, device=first.device if first is not None else None)
+    sizes: list[int] = []
+
+    def count(_module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * 4 // 2)          # float32 bytes per image
+    leaves = [m for m in probe.modules() if not any(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            probe(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    largest = sorted(sizes)[-2:]
+    return batch_size * (sum(sizes) + sum(largest)) + 4 * 4 * count_parameters(probe)
+
+
 def input_normalization(model: nn.Module, mean: list[float], std: list[float]) -> tuple[list[float], list[float]]:
     """The mean/std to normalize the model's inputs with: a timm model's own (its data config: the
     pretrained weights expect them), else the given ones (the training split's statistics)."""
@@ -238,6 +268,21 @@ def prepare_model_config(config) -> list[str]:
         raise ConfigError("num_channels", "timm models take RGB input: grayscale images are repeated into 3 "
                                           "channels; leave --num_channels unset (or 3)")
     d.num_channels = 3
+    if m.pretrained is None:                # the photo default: its weights where they can be had
+        m.pretrained = False
+        if "model" in getattr(config, "unset", ()) and "." in name:
+            try:
+                check_pretrained_weights(name)
+                m.pretrained = True
+            except ConfigError:
+                notes.append(f"{name}: its pretrained weights cannot be downloaded here (no network, or "
+                             "HF_HUB_OFFLINE), so it trains from scratch; with network it starts from them")
+                name = name.split(".")[0]   # no 'names pretrained weights' note below
+    if d.crop_pct is None and d.data_path == "streaming":
+        import timm
+
+        source_cfg = timm.models.get_pretrained_cfg(m.model.removeprefix("timm/"))
+        d.crop_pct = float(source_cfg.crop_pct) if source_cfg is not None and source_cfg.crop_pct else None
     if m.pretrained:
         import timm
 

@@ -4,7 +4,13 @@ every value it filled in). A flag the user sets always wins over its recipe valu
 
 airbench      airbench94_muon (KellerJordan/cifar10-airbench) for cnn-fast and cnn-wide: their 1/width-scaled
               logits are what its SGD rates are tuned for.
-sgd_onecycle  SGD with Nesterov momentum and a one-cycle schedule, for every other model (cnn-basic, timm).
+sgd_onecycle  SGD with Nesterov momentum and a one-cycle schedule, for every other model (cnn-basic, timm) on
+              small images.
+finetune      AdamW with warm-up and cosine decay for photos (data whose common side is over PHOTO_SIDE), the
+              timm recipe for fine-tuning a backbone (or training one from scratch when offline).
+
+Defaults also follow the data (`DataTraits`, found by the data stage before decoding): photos take the
+streaming path, a timm backbone (`PHOTO_MODEL`), the finetune recipe and a smaller input (`PHOTO_IMAGE_SIZE`).
 
 The optimizer's own defaults (learning rates, weight decay, momentum) follow the optimizer a run ends up with,
 so `--optimizer adamw` on cnn-fast gets AdamW's values: they are in OPTIMIZERS.
@@ -13,10 +19,12 @@ so `--optimizer adamw` on cnn-fast gets AdamW's values: they are in OPTIMIZERS.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["RECIPES", "OPTIMIZERS", "MODEL_RECIPES", "DEFAULT_MODEL", "RECIPE_FLAGS", "recipe_for", "default_model",
-           "schedule_defaults", "optimizer_defaults", "describe"]
+__all__ = ["RECIPES", "OPTIMIZERS", "MODEL_RECIPES", "DEFAULT_MODEL", "RECIPE_FLAGS", "PHOTO_SIDE", "PHOTO_MODEL",
+           "PHOTO_IMAGE_SIZE", "RESIDENT_MAX_GIB", "DataTraits", "recipe_for", "default_model", "photo_image_size",
+           "choose_data_path", "schedule_defaults", "optimizer_defaults", "describe"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "airbench": dict(
@@ -45,6 +53,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         bf16_on_cpu=False,           # float32 on a CPU: torch 2.14's CPU bf16 weight gradient of a strided
                                      # convolution over padding only is garbage (see engine.default_precision)
     ),
+    "finetune": dict(
+        optimizer="adamw",
+        batch_cpu=64,                # images per step per process at 160 px: a ResNet-18 step holds ~2.5 GB of
+        batch_cuda=128,              # activations on a CPU; on a GPU, 128 at 224 px (timm's fine-tuning batches)
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.1,
+        num_train_epochs=10.0,
+        resize_epochs_cpu=(0, 1),    # no progressive resizing: the random-resized crop already varies the scale
+        bf16_on_cpu=False,           # as sgd_onecycle (strided convolutions)
+    ),
 }
 
 # Per optimizer: its defaults wherever the run did not set them. Rates are peaks; batch = images per optimizer
@@ -72,14 +90,55 @@ RECIPE_FLAGS = ("optimizer", "per_device_train_batch_size", "learning_rate", "sg
 MODEL_RECIPES = {"cnn-fast": "airbench", "cnn-wide": "airbench"}     # every other model: sgd_onecycle
 DEFAULT_MODEL = {"cpu": "cnn-fast", "cuda": "cnn-wide"}             # each the sooner to 90 % on CIFAR-10 there
 
+# Photos: data whose most common side is over PHOTO_SIDE pixels.
+PHOTO_SIDE = 64
+PHOTO_MODEL = "timm/resnet18.a1_in1k"   # ImageNet weights when the Hub is reachable (see bench/RESULTS.md,
+                                        # "Photo backbone"), else the same network from scratch
+PHOTO_IMAGE_SIZE = {"cpu": 160, "cuda": 224}   # pixels, capped at the photos' median shorter side
+RESIDENT_MAX_GIB = 2.0                  # decoded splits above this take the streaming path
 
-def recipe_for(model: str) -> str:
-    """The recipe a model trains with unless --recipe says otherwise."""
-    return MODEL_RECIPES.get(model, "sgd_onecycle")
+
+def recipe_for(model: str, photos: bool = False) -> str:
+    """The recipe a model trains with unless --recipe says otherwise (photos: finetune, for any model)."""
+    return "finetune" if photos else MODEL_RECIPES.get(model, "sgd_onecycle")
 
 
-def default_model(on_cuda: bool) -> str:
-    return DEFAULT_MODEL["cuda" if on_cuda else "cpu"]
+def default_model(on_cuda: bool, photos: bool = False) -> str:
+    return PHOTO_MODEL if photos else DEFAULT_MODEL["cuda" if on_cuda else "cpu"]
+
+
+@dataclass(frozen=True)
+class DataTraits:
+    """What the data stage finds before decoding anything (data.open_source), that the defaults follow."""
+
+    side: int                       # pixels: the most common image side among the sampled train headers
+    short_side: int                 # pixels: the median shorter side among them
+    num_images: int                 # rows of train, validation and test together
+    gray: bool                      # every sampled image is grayscale
+    imbalance_ratio: Optional[float]    # largest / smallest train class (None: a class has no image)
+
+    @property
+    def photos(self) -> bool:
+        return self.side > PHOTO_SIDE
+
+
+def photo_image_size(traits: DataTraits, on_cuda: bool) -> int:
+    """The default model input side for photos: PHOTO_IMAGE_SIZE on this device, at most the photos' median
+    shorter side (a crop is never upscaled by default)."""
+    return min(PHOTO_IMAGE_SIZE["cuda" if on_cuda else "cpu"], traits.short_side)
+
+
+def choose_data_path(traits: DataTraits, image_size: int, num_channels: int, max_gib: float) -> tuple[str, str]:
+    """("resident" or "streaming", why): photos and data whose decoded splits exceed `max_gib` stream."""
+    decoded = traits.num_images * num_channels * image_size ** 2 / 2 ** 30
+    if traits.photos:
+        return "streaming", (f"photos (most common side {traits.side} px > {PHOTO_SIDE}): decoded per sample in "
+                             "DataLoader workers, aspect ratio kept")
+    if decoded > max_gib:
+        return "streaming", (f"the decoded splits would take {decoded:.1f} GiB > --resident_max_gib {max_gib:g}: "
+                             "decoded per sample in DataLoader workers")
+    return "resident", (f"small images ({traits.side} px), {decoded * 1024:.0f} MiB decoded <= --resident_max_gib "
+                        f"{max_gib:g} GiB: decoded once into memory, augmented in batches")
 
 
 def schedule_defaults(recipe: str, on_cuda: bool, num_train_epochs: Optional[float],

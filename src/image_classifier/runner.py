@@ -12,16 +12,17 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from . import data as data_stage
 from . import card, engine, explore, hub, metrics, model_folder, models, plots, recipes
 from .augment import BatchAugment, Normalize, build_batch_mix
-from .config import Config, ConfigError, save_config
+from .config import Config, ConfigError, save_config, training_on_cuda
 from .files import check_writable, disk_full_is_an_error, write_text
 from .interrupt import StopOnSignal, resume_command
+from .transforms import build_photo_processor
 
 __all__ = ["run", "build_model", "train_model", "evaluate_model", "predict_float32", "check_output_dir",
            "describe_hardware", "save_model_folder"]
@@ -71,20 +72,31 @@ def describe_hardware(accelerator: Accelerator) -> str:
 
 def run(config: Config) -> Optional[dict[str, Any]]:
     """Explore the data, train, evaluate and save the model folder; return the metrics (None for --explore_only)."""
-    check_output_dir(config)
+    if "output_dir" not in config.unset:
+        check_output_dir(config)          # before any data is read
+    # The dataset's columns, splits and a sample of headers: the defaults follow them (photos, imbalance).
+    # The main process opens it first, filling the datasets cache that the others then read.
+    with PartialState(cpu=not training_on_cuda()).main_process_first():
+        source = data_stage.open_source(config.data, seed=config.train.seed)
+    notes = config.follow_data(source.traits())
+    # timm: RGB input, --pretrained checked now, not after the data
+    notes += models.prepare_model_config(config)
+    if "output_dir" in config.unset:
+        check_output_dir(config)
     accelerator = engine.build_accelerator(config)
     out = Path(config.train.output_dir)
     if accelerator.is_main_process:
         model_folder.clean_leftovers(out)
     set_seed(config.train.seed)    # splits and model initialisation: identical on every process
-    # timm: RGB input, --pretrained checked now, not after the data; then the recipe's values
-    for note in [*models.prepare_model_config(config), describe_recipe(config, accelerator)]:
+    for note in [*notes, describe_recipe(config, accelerator)]:
         accelerator.print(note)
 
     # Data: the main process decodes first and fills the cache that the others then read.
     with accelerator.main_process_first():
-        data = data_stage.load_data(config.data, seed=config.train.seed)
+        data = data_stage.load_data(config.data, seed=config.train.seed, source=source)
     model, normalize = (None, None) if config.data.explore_only else build_model(config, data)
+    if model is not None:
+        accelerator.print(fit_batch_in_memory(model, data, config, accelerator))
     # Everything that can fail on the user's input has passed: only now may an old run's files go.
     if accelerator.is_main_process and config.train.overwrite_output_dir and not config.train.resume_from_checkpoint:
         model_folder.clear_finished_run(out)
@@ -159,12 +171,53 @@ def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.
     try:
         model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
                                     image_size=data.image_size, overrides=config.model.overrides(),
-                                    pretrained=config.model.pretrained)
+                                    pretrained=bool(config.model.pretrained), crop_pct=data.crop_pct)
     except ValueError as error:
         raise ConfigError("model", str(error)) from error
     normalize = Normalize(*models.input_normalization(model, data.mean, data.std))
-    models.init_from_data(model, normalize(data.tensors["train"].images[:5000]))
+    if getattr(model.config, "stem", "none") == "whiten":    # decoding 5,000 photos would take a minute: 512
+        train = data.eval_view("train")
+        sample = range(min(len(train), 5000 if data.path == "resident" else 512))
+        models.init_from_data(model, normalize(train.images_at(sample)))
     return model, normalize
+
+
+def fit_batch_in_memory(model: torch.nn.Module, data: "data_stage.ImageData", config: Config,
+                        accelerator: Accelerator) -> str:
+    """Check before training that a step fits the device's free memory (`models.estimate_training_bytes`); a
+    default batch that does not is halved until it does, a chosen one is refused with the batch that fits.
+    Returns the line to print."""
+    args = config.train
+    shape = (data.num_channels, data.image_size, data.image_size)
+    free = _free_memory(accelerator)
+    need = models.estimate_training_bytes(model, args.per_device_train_batch_size, shape)
+    gib = 2 ** 30
+    if need <= free:
+        return (f"Memory: a training step at batch {args.per_device_train_batch_size} and {data.image_size}x"
+                f"{data.image_size} needs about {need / gib:.1f} GiB; {free / gib:.1f} GiB free")
+    batch = args.per_device_train_batch_size
+    while batch > 1 and models.estimate_training_bytes(model, batch, shape) > free:
+        batch //= 2
+    if "per_device_train_batch_size" not in config.unset or models.estimate_training_bytes(model, batch, shape) > free:
+        raise ConfigError("per_device_train_batch_size",
+                          f"a training step of {config.model.model} at batch {args.per_device_train_batch_size} and "
+                          f"{data.image_size}x{data.image_size} needs about {need / gib:.1f} GiB, but only "
+                          f"{free / gib:.1f} GiB is free on {accelerator.device}; pass --per_device_train_batch_size "
+                          f"{batch} or less (or a smaller --image_size, or --gradient_accumulation_steps to keep the "
+                          "global batch)")
+    args.per_device_train_batch_size = batch
+    return (f"Memory: the default batch would need about {need / gib:.1f} GiB, {free / gib:.1f} GiB is free: "
+            f"training at batch {batch} instead (--per_device_train_batch_size)")
+
+
+def _free_memory(accelerator: Accelerator) -> int:
+    """Bytes free for one process's training step: the GPU's free memory, or the CPU's available memory
+    shared among the processes on this machine."""
+    if accelerator.device.type == "cuda":
+        return torch.cuda.mem_get_info(accelerator.device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available // max(1, accelerator.num_processes)
 
 
 def train_model(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData",
@@ -174,7 +227,8 @@ def train_model(model: torch.nn.Module, normalize: Normalize, data: "data_stage.
     def evaluate_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         return metrics.compute_metrics(logits, labels, data.class_names)
 
-    augment = BatchAugment(config.data, data.class_names, normalize.mean.tolist(), normalize.std.tolist())
+    augment = BatchAugment(config.data, data.class_names, normalize.mean.tolist(), normalize.std.tolist(),
+                           per_sample=data.path == "streaming")
     return engine.fit(model, train, heldout, augment=augment, normalize=normalize,
                       mix=build_batch_mix(config.data, len(data.class_names)), config=config,
                       accelerator=accelerator, evaluate_fn=evaluate_fn, stop=stop)
@@ -184,7 +238,8 @@ def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Normalize
                     config: Config, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """engine.predict over every image of `split` once, in float32 whatever the training's precision: pass the
     network `engine.plain_model` returned. Returns logits (N, K) and labels (N,)."""
-    loader = accelerator.prepare(DataLoader(split, batch_size=config.train.per_device_eval_batch_size))
+    loader = accelerator.prepare(engine.build_loader(split, config.train.per_device_eval_batch_size, False,
+                                                     config.data.dataloader_num_workers or 0))
     return engine.predict(model, loader, normalize, accelerator, tta, mixed_precision=False)
 
 
@@ -198,8 +253,10 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
     def save_weights(tmp: str) -> None:
         models.save_pretrained(model, tmp)     # timm models: a folder stock timm loads too, with its processor
         if not models.is_timm_model(model):
-            data_stage.build_image_processor(data.image_size, normalize.mean.tolist(),
-                                             normalize.std.tolist()).save_pretrained(tmp)
+            mean, std = normalize.mean.tolist(), normalize.std.tolist()
+            processor = (build_photo_processor(data.image_size, data.crop_pct, mean, std) if data.path == "streaming"
+                         else data_stage.build_image_processor(data.image_size, mean, std))
+            processor.save_pretrained(tmp)
 
     logits, labels = test_predictions
     plot = model_folder.plot_file
@@ -208,7 +265,7 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
         (plot(".", "confusion_matrix"), lambda path: plots.plot_confusion_matrix(
             np.asarray(results["test_confusion_matrix"]), data.class_names, path)),
         (plot(".", "misclassified"), lambda path: plots.plot_misclassified(
-            data.tensors["test"].images.numpy(), labels, metrics.softmax(logits), data.class_names, path)),
+            _Images(data.eval_view("test")), labels, metrics.softmax(logits), data.class_names, path)),
         (model_folder.EXAMPLES, lambda path: model_folder.save_examples(data.splits["test"], data.class_names,
                                                                         data.num_channels, path)),
         (model_folder.CARD, lambda path: card.write_model_card(out)),
@@ -217,6 +274,16 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
             f"trained weights. Free some space, then finish the run with:\n  {resume_command()}")
     with disk_full_is_an_error("the model files", out, kept):
         model_folder.write_model_folder(out, save_weights, results, state.history, optional)
+
+
+class _Images:
+    """images[i] of a split's dataset (decoded on access on the streaming path), for the plots."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.dataset[int(index)][0]
 
 
 def _scalars(flat: dict[str, Any]) -> dict[str, Any]:

@@ -139,8 +139,11 @@ def check_pretrained_weights(name: str) -> str:
 
 
 def create_timm_model(name: str, class_names: list[str], num_channels: int, image_size: int,
-                       overrides: dict[str, Any], pretrained: bool) -> PreTrainedModel:
-    """A TimmWrapperForImageClassification holding timm model `name` with a fresh `len(class_names)`-way head."""
+                      overrides: dict[str, Any], pretrained: bool, crop_pct: Optional[float] = None) -> PreTrainedModel:
+    """A TimmWrapperForImageClassification holding timm model `name` with a fresh `len(class_names)`-way head.
+
+    Its saved data config describes the data stage's evaluation input: squashed to the square (resident path,
+    `crop_pct` None) or the shorter side resized to floor(size / crop_pct) and centre-cropped (streaming)."""
     import timm
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
@@ -166,6 +169,8 @@ def create_timm_model(name: str, class_names: list[str], num_channels: int, imag
     if tuple(data_config.get("input_size", ()))[1:] != (image_size, image_size):
         data_config["pool_size"] = None         # the feature map is no longer the source's size
     data_config.update(input_size=(3, image_size, image_size), **TIMM_INPUT)
+    if crop_pct is not None:
+        data_config.update(crop_pct=float(crop_pct), crop_mode="center")
     for key in ("test_input_size", "test_crop_pct"):    # they describe the source's ImageNet evaluation
         data_config.pop(key, None)
     network.pretrained_cfg = data_config

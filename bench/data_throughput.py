@@ -1,0 +1,162 @@
+"""Throughput and memory of the data path on a photo folder. Prints figures; never asserts.
+
+    python bench/make_photo_folder.py /tmp/photos2k --num_images 2000
+    python bench/data_throughput.py /tmp/photos2k                     # the default photo model at its default size
+    python bench/data_throughput.py /tmp/photos20k -- --model timm/resnet10t   # any train.py flag after --
+
+In one process, on the run's own objects (`runner.run` is what train.py calls):
+
+1. loader: images/s of the training DataLoader alone (decode + random-resized crop + flip in
+   --dataloader_num_workers worker processes, collated into uint8 batches), over --loader_batches batches;
+2. bare: the same model doing forward + backward + optimizer step on random batches of the same size, in the
+   same process (no data at all): what the loop could reach if it never waited for data;
+3. loop: one training epoch of `train.py` on the folder (the run's own plan: data path, model, recipe, batch),
+   images/s as the run counts them (training seconds, evaluation excluded), and efficiency = loop / bare;
+4. memory: the peak of the summed RSS of this process and all its children (the loader workers), sampled every
+   0.1 s through the whole run, beside the run's own estimate of a step's memory; and the bytes written under
+   the cache folders (HF_HOME) by the run.
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
+
+from image_classifier import data as data_stage  # noqa: E402
+from image_classifier import engine, models  # noqa: E402
+from image_classifier.config import parse_config  # noqa: E402
+from image_classifier.runner import build_model, run  # noqa: E402
+from timing import time_steps  # noqa: E402
+
+
+class PeakMemory:
+    """The peak summed RSS (bytes) of this process and its children, sampled every `every` seconds."""
+
+    def __init__(self, every: float = 0.1):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:          # a worker that just ended
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.every)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def measure_loader(data, config, batches: int) -> float:
+    """Images/s of the training loader alone (after its first batch, which starts the workers)."""
+    loader = engine.build_loader(data.tensors["train"], config.train.per_device_train_batch_size, True,
+                                 config.data.dataloader_num_workers)
+    seen, started = 0, None
+    for i, (images, _labels) in enumerate(loader):
+        if i == 0:
+            started = time.perf_counter()
+            continue
+        seen += len(images)
+        if i >= batches:
+            break
+    return seen / (time.perf_counter() - started)
+
+
+def measure_bare(model, data, config, seconds: float) -> float:
+    """Images/s of forward + backward + AdamW step on random normalized batches of the run's size."""
+    batch, size = config.train.per_device_train_batch_size, data.image_size
+    model = model.train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, data.num_channels, size, size).to(memory_format=torch.channels_last)
+    y = torch.randint(0, len(data.class_names), (batch,))
+
+    def step() -> None:
+        loss = F.cross_entropy(model(pixel_values=x).logits, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time_steps(step, torch.device("cpu"), batch, steps=3, min_seconds=seconds, warmup=1)["images_per_second"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="an image folder (bench/make_photo_folder.py makes one)")
+    p.add_argument("--loader_batches", type=int, default=15, help="batches the loader-only figure is timed over")
+    p.add_argument("--bare_seconds", type=float, default=20.0, help="seconds the bare model is timed over")
+    p.add_argument("train_args", nargs="*", help="train.py flags (after --)")
+    args = p.parse_args()
+    cache_root = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    cache_before = folder_bytes(cache_root)
+    out = tempfile.mkdtemp(prefix="data_throughput-")
+    flags = ["--dataset", args.dataset, "--output_dir", out, "--num_train_epochs", "1", *args.train_args]
+
+    with PeakMemory() as memory:
+        config = parse_config(flags)
+        started = time.perf_counter()
+        results = run(config)
+        wall = time.perf_counter() - started
+    history = json.loads((Path(out) / "history.json").read_text())
+    loop_rate = history[0]["train_images"] / history[0]["seconds"]
+    cache_written = folder_bytes(cache_root) - cache_before
+
+    data = data_stage.load_data(config.data, seed=config.train.seed)   # the run's resolved config, again
+    with PeakMemory() as loader_memory:
+        loader_rate = measure_loader(data, config, args.loader_batches)
+    model, _ = build_model(config, data)
+    estimate = models.estimate_training_bytes(model, config.train.per_device_train_batch_size,
+                                              (data.num_channels, data.image_size, data.image_size))
+    bare_rate = measure_bare(model, data, config, args.bare_seconds)
+
+    figures = {
+        "dataset": args.dataset, "train_images": len(data.tensors["train"]), "data_path": data.path,
+        "model": config.model.model, "image_size": data.image_size,
+        "batch": config.train.per_device_train_batch_size, "workers": config.data.dataloader_num_workers,
+        "cpu": f"{psutil.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "loader_images_per_second": round(loader_rate, 1), "bare_images_per_second": round(bare_rate, 1),
+        "loop_images_per_second": round(loop_rate, 1), "pipeline_efficiency": round(loop_rate / bare_rate, 3),
+        "peak_rss_gb_run": round(memory.peak / 1e9, 2), "peak_rss_gb_loader_alone": round(loader_memory.peak / 1e9, 2),
+        "step_estimate_gb": round(estimate / 1e9, 2), "cache_written_mb": round(cache_written / 1e6, 1),
+        "run_wall_seconds": round(wall, 1), "train_seconds": history[0]["seconds"],
+        "test_accuracy": results["test_accuracy"],
+    }
+    print(f"\n{args.dataset}: {figures['train_images']:,} train photos, {data.path} path, {config.model.model} at "
+          f"{data.image_size}px, batch {figures['batch']}, {figures['workers']} workers ({figures['cpu']})")
+    print(f"  loader alone  {loader_rate:8.1f} images/s")
+    print(f"  bare model    {bare_rate:8.1f} images/s (forward + backward + step, random batches)")
+    print(f"  training loop {loop_rate:8.1f} images/s -> pipeline efficiency {loop_rate / bare_rate:.3f}")
+    print(f"  peak RSS, all processes: {memory.peak / 1e9:.2f} GB for the run ({wall:.0f} s), "
+          f"{loader_memory.peak / 1e9:.2f} GB for the loader alone; step estimate {estimate / 1e9:.2f} GB")
+    print(f"  cache written under {cache_root}: {cache_written / 1e6:.1f} MB")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

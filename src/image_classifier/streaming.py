@@ -1,0 +1,91 @@
+"""The streaming data path: images stay encoded in the dataset's own files and are decoded per sample.
+
+`EncodedImages` is a map-style torch Dataset over one split of a `datasets.Dataset` whose image column is
+left undecoded (Arrow/parquet rows hold the encoded bytes, an image folder's rows hold paths; both are
+memory-mapped, so forked DataLoader workers share them and memory does not grow with the number of
+images). Item i is read by `images.read_image` (the decoder of the app and the resident path), then
+transformed (transforms.py) into uint8 (C, S, S).
+
+An image that cannot be decoded is not a crash in a worker: the item comes back as a blank image with label
+`SKIPPED` (-1) and one warning names the row; training drops such rows from its batches
+(`drop_skipped`) and evaluation from its predictions (engine.predict), and both count them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .data import CorruptImageWarning
+from .images import image_tensor, read_image
+
+__all__ = ["SKIPPED", "EncodedImages", "drop_skipped", "collate_dropping_skipped"]
+
+SKIPPED = -1                    # the label of an item whose image could not be decoded
+
+
+class EncodedImages(Dataset):
+    """Row i of `split` (columns image, label) -> (uint8 (C, S, S), int label), decoded on each access.
+
+    `rows` maps positions to `split` rows (for `describe`); `labels` is the int64 label tensor (N,);
+    `transform` maps the decoded uint8 (C, H, W) image to (C, S, S); `min_short_side`, when set, lets JPEGs
+    decode at a reduced scale that keeps at least that many pixels on the shorter side.
+    """
+
+    def __init__(self, split, labels: np.ndarray, num_channels: int, image_size: int, transform: Callable,
+                 describe: Callable[[int, dict], str], min_short_side: Optional[int] = None):
+        import datasets
+
+        self.split = split.cast_column("image", datasets.Image(decode=False)).select_columns(["image"])
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.num_channels, self.image_size = num_channels, image_size
+        self.transform = transform
+        self.describe = describe               # (position, undecoded value) -> "train row 17 (path)"
+        self.min_short_side = min_short_side
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        value = self.split[int(index)]["image"]
+        try:
+            image = read_image(value, self.num_channels, min_short_side=self.min_short_side)[0]
+            return self.transform(image_tensor(image)).contiguous(), int(self.labels[index])
+        except Exception as error:              # noqa: BLE001 - PIL raises many types; one skipped row, not a crash
+            warnings.warn(f"Skipped image {self.describe(int(index), value)}: {type(error).__name__}: "
+                          f"{str(error)[:160]}", CorruptImageWarning, stacklevel=2)
+            blank = torch.zeros((self.num_channels, self.image_size, self.image_size), dtype=torch.uint8)
+            return blank, SKIPPED
+
+    def with_transform(self, transform: Callable, min_short_side: Optional[int] = None) -> "EncodedImages":
+        """The same rows under another transform (the evaluation view of the training split)."""
+        view = EncodedImages.__new__(EncodedImages)
+        view.__dict__.update(self.__dict__, transform=transform, min_short_side=min_short_side)
+        return view
+
+    def images_at(self, positions: Sequence[int]) -> torch.Tensor:
+        """uint8 (n, C, S, S) of the given positions (a few: plots, examples, the whitening stem's sample)."""
+        items = [self[int(p)][0] for p in positions]
+        return torch.stack(items) if items else torch.empty((0, self.num_channels, self.image_size,
+                                                             self.image_size), dtype=torch.uint8)
+
+
+def drop_skipped(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch without the rows whose image could not be decoded (label SKIPPED)."""
+    keep = labels != SKIPPED
+    if bool(keep.all()):
+        return images, labels
+    return images[keep], labels[keep]
+
+
+def collate_dropping_skipped(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loader's collate: stack (uint8 (B, C, S, S), int64 (B,)) without undecodable images (a batch
+    of nothing but undecodable images comes back empty, and the training loop passes over it)."""
+    kept = [(image, label) for image, label in batch if label != SKIPPED]
+    if not kept:
+        return torch.empty((0, *batch[0][0].shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return torch.stack([image for image, _ in kept]), torch.tensor([label for _, label in kept], dtype=torch.int64)

@@ -1,0 +1,196 @@
+"""The streaming path: chosen for photos, decoded per sample by the one decoder, bad images counted and skipped,
+nothing cached, defaults that follow the data, and a run whose saved folder scores in pipeline() what
+metrics.json says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from image_classifier.config import ConfigError, DataArguments, parse_config
+from image_classifier.data import ImageTensors, load_data, open_source
+from image_classifier.engine import balanced_sampler, build_loader, class_weights
+from image_classifier.images import read_image
+from image_classifier.recipes import PHOTO_MODEL, DataTraits
+from image_classifier.streaming import SKIPPED, EncodedImages, collate_dropping_skipped
+from image_classifier.transforms import build_eval_transform
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def streaming_args(folder, cache, **kwargs) -> DataArguments:
+    return DataArguments(dataset=str(folder), cache_dir=str(cache), image_size=32, validation_split_fraction=0.2,
+                         test_split_fraction=0.2, **kwargs)
+
+
+def test_photos_take_the_streaming_path_and_nothing_is_cached(photo_folder, tmp_path):
+    data = load_data(streaming_args(photo_folder, tmp_path / "cache"), seed=0)
+    assert data.path == "streaming" and data.summary["data_path"] == "streaming"
+    assert all(isinstance(t, EncodedImages) for t in data.tensors.values())
+    assert sum(len(t) for t in data.tensors.values()) == 60
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    image, label = data.tensors["validation"][0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8 and 0 <= label < 3
+    assert data.summary["image_sizes"] and data.summary["crop_pct"] == 0.875
+
+
+def test_small_images_stay_resident_unless_told_or_too_big(tiny_image_folder, tmp_path):
+    args = DataArguments(dataset=str(tiny_image_folder), cache_dir=str(tmp_path))
+    assert load_data(args, seed=0).path == "resident"
+    forced = load_data(DataArguments(dataset=str(tiny_image_folder), cache_dir=str(tmp_path), data_path="streaming"),
+                       seed=0)
+    assert forced.path == "streaming" and forced.tensors["train"][0][0].shape == (3, 16, 16)
+    bound = DataArguments(dataset=str(tiny_image_folder), cache_dir=str(tmp_path), resident_max_gib=1e-6)
+    assert load_data(bound, seed=0).path == "streaming"
+
+
+def test_an_item_is_the_app_decoder_then_the_evaluation_crop(photo_folder, tmp_path):
+    data = load_data(streaming_args(photo_folder, tmp_path), seed=0)
+    test = data.tensors["test"]
+    path = data.splits["test"].cast_column("image", __import__("datasets").Image(decode=False))[3]["image"]["path"]
+    full = build_eval_transform(32, 0.875)(torch.from_numpy(np.array(read_image(path)[0])).permute(2, 0, 1))
+    # JPEGs decode at a reduced scale that keeps the resized side: within a few levels of the full decode.
+    assert (test[3][0].int() - full.int()).abs().float().mean() < 4
+
+
+def test_the_exif_rotated_photo_is_upright(photo_folder, tmp_path):
+    data = load_data(streaming_args(photo_folder, tmp_path), seed=0)
+    values = data.splits["train"].cast_column("image", __import__("datasets").Image(decode=False))["image"]
+    rotated = [i for i, v in enumerate(values) if v["path"].endswith("00.jpg")]
+    assert rotated
+    image = read_image(values[rotated[0]]["path"])[0]
+    assert image.size == (90, 120)           # stored 120x90 with orientation 6: shown 90 wide, 120 high
+
+
+def test_an_undecodable_photo_is_a_counted_skip_not_a_worker_crash(photo_folder, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_folder, folder)
+    (folder / "sky" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    data = load_data(streaming_args(folder, tmp_path / "cache", max_train_samples=None), seed=0)
+    broken = [(s, i) for s, t in data.tensors.items()
+              for i, v in enumerate(data.splits[s].cast_column("image", __import__("datasets").Image(decode=False))
+                                    ["image"]) if v["path"].endswith("broken.jpg")]
+    split, index = broken[0]
+    with pytest.warns(UserWarning, match=r"Skipped image .*broken\.jpg"):
+        image, label = data.tensors[split][index]
+    assert label == SKIPPED and image.shape == (3, 32, 32)
+    batch = collate_dropping_skipped([data.tensors[split][i] for i in range(len(data.tensors[split]))])
+    assert len(batch[1]) == len(data.tensors[split]) - 1 and (batch[1] >= 0).all()
+    # Through two worker processes: the batch comes back without it, nothing raises.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loader = build_loader(data.tensors[split], 64, True, 2)
+        labels = torch.cat([labels for _, labels in loader])
+    assert len(labels) == len(data.tensors[split]) - 1
+
+
+def test_defaults_follow_photos_and_imbalance():
+    config = parse_config(["--dataset", "photos"])
+    notes = config.follow_data(DataTraits(side=640, short_side=480, num_images=20000, gray=False,
+                                          imbalance_ratio=5.0))
+    assert config.model.model == PHOTO_MODEL and config.train.recipe == "finetune"
+    assert config.data.data_path == "streaming" and config.data.dataloader_num_workers >= 1
+    assert config.train.tta == "none" and config.train.metric_for_best_model == "f1"
+    assert config.data.image_size == 160 and config.train.per_device_train_batch_size == 64
+    assert config.train.output_dir == "outputs/photos-timm-resnet18.a1_in1k"
+    assert any(n.startswith("Data path streaming: photos (most common side 640 px > 64)") for n in notes)
+    assert any("imbalanced (5:1 >= 3:1)" in n for n in notes)
+    # What the user set stays; small images keep today's defaults.
+    chosen = parse_config(["--dataset", "photos", "--model", "cnn-fast", "--image_size", "96", "--tta", "flip",
+                           "--metric_for_best_model", "loss"])
+    chosen.follow_data(DataTraits(side=640, short_side=480, num_images=2000, gray=False, imbalance_ratio=5.0))
+    assert (chosen.model.model, chosen.data.image_size, chosen.train.tta) == ("cnn-fast", 96, "flip")
+    assert chosen.train.metric_for_best_model == "loss" and chosen.train.recipe == "finetune"
+    small = parse_config(["--dataset", "cifar10"])
+    small.follow_data(DataTraits(side=32, short_side=32, num_images=60000, gray=False, imbalance_ratio=1.0))
+    assert (small.model.model, small.train.recipe, small.data.data_path) == ("cnn-fast", "airbench", "resident")
+    assert small.train.per_device_train_batch_size == 1000 and small.data.flip_schedule == "alternate"
+
+
+def test_open_source_reads_headers_not_pixels(photo_folder):
+    source = open_source(DataArguments(dataset=str(photo_folder)), seed=0)
+    traits = source.traits()
+    assert traits.photos and traits.side in (72, 90, 96, 100, 120, 150) and traits.short_side >= 72
+    assert traits.num_images == 60 and not traits.gray and traits.imbalance_ratio == 1.0
+
+
+def test_class_balance_weights_and_sampler():
+    labels = torch.tensor([0] * 80 + [1] * 15 + [2] * 5)
+    weights = class_weights(labels, 4)
+    assert torch.allclose(weights[:3] * torch.tensor([80.0, 15.0, 5.0]), torch.full((3,), 100 / 4))
+    assert weights[3] == 0                        # a class without images
+    drawn = torch.tensor(list(balanced_sampler(labels, seed=0)))
+    counts = torch.bincount(labels[drawn], minlength=3).float()
+    assert len(drawn) == 100 and counts.min() > 20     # each class about a third, where plain draws give 5 %
+
+
+def tiny_photo_run(folder, out, *extra) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), "--dataset", str(folder), "--output_dir", str(out),
+            "--model", "cnn-fast", "--widths", "8", "16", "--image_size", "32", "--num_train_epochs", "3",
+            "--per_device_train_batch_size", "12", "--learning_rate", "0.01", "--validation_split_fraction", "0.2",
+            "--test_split_fraction", "0.25", "--cache_dir", str(Path(out).parent / "cache"), *map(str, extra)]
+
+
+@pytest.mark.slow
+def test_a_photo_run_writes_every_file_and_pipeline_scores_what_metrics_json_says(photo_folder, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(tiny_photo_run(photo_folder, out, "--dataloader_num_workers", "2",
+                                         "--class_balance", "loss"),
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Data path streaming: photos (most common side" in done.stdout
+    assert "The best epoch is picked by validation accuracy" in done.stdout
+    assert "Memory: a training step at batch 12 and 32x32 needs about" in done.stdout
+    for name in ("metrics.json", "model.safetensors", "config.json", "preprocessor_config.json", "README.md",
+                 "training_config.json", "data_summary.json", "history.json", "plots/misclassified.png",
+                 "plots/augmentation.png", "plots/samples.png"):
+        assert (out / name).is_file(), name
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "BitImageProcessor"
+    assert processor["size"] == {"shortest_edge": 36} and processor["crop_size"] == {"height": 32, "width": 32}
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["data_path"] == "streaming" and config["recipe"] == "finetune" and config["crop_pct"] is None
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    from transformers import pipeline
+
+    classify = pipeline("image-classification", model=str(out), trust_remote_code=True)
+    data = load_data(DataArguments(**{k: v for k, v in config.items() if k in DataArguments.__dataclass_fields__}),
+                     seed=config["seed"])
+    paths = data.splits["test"].cast_column("image", __import__("datasets").Image(decode=False))["image"]
+    names = data.class_names
+    predicted = [classify(p["path"], top_k=1)[0]["label"] for p in paths]
+    accuracy = np.mean([names.index(p) == int(y) for p, y in zip(predicted, data.tensors["test"].labels)])
+    assert metrics["test_num_samples"] == len(paths)
+    assert abs(accuracy - metrics["test_accuracy"]) <= 1 / len(paths) + 1e-9
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_training(photo_folder, tmp_path):
+    from image_classifier.runner import run
+
+    args = ["--dataset", str(photo_folder), "--output_dir", str(tmp_path / "out"), "--model", "cnn-fast",
+            "--image_size", "160", "--per_device_train_batch_size", "2000000", "--cache_dir", str(tmp_path / "c")]
+    with pytest.raises(ConfigError, match=r"--per_device_train_batch_size: a training step of cnn-fast at batch "
+                                          r"2000000 and 160x160 needs about [\d.]+ GiB, but only [\d.]+ GiB is free "
+                                          r"on cpu; pass --per_device_train_batch_size \d+ or less"):
+        run(parse_config(args))
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_resident_tensors_and_streaming_items_share_one_interface(tiny_image_folder, tmp_path):
+    resident = load_data(DataArguments(dataset=str(tiny_image_folder), cache_dir=str(tmp_path)), seed=0)
+    streaming = load_data(DataArguments(dataset=str(tiny_image_folder), cache_dir=str(tmp_path),
+                                        data_path="streaming", crop_pct=1.0), seed=0)
+    assert isinstance(resident.tensors["test"], ImageTensors)
+    # 16x16 PNGs at crop_pct 1: no resize, no crop, the same pixels either way.
+    assert torch.equal(resident.tensors["test"].images_at([0, 1, 2]), streaming.tensors["test"].images_at([0, 1, 2]))
+    assert torch.equal(resident.tensors["test"].labels, streaming.tensors["test"].labels)
