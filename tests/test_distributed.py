@@ -360,3 +360,41 @@ def test_sync_batchnorm_converts_for_gpus_and_refuses_cpu_processes():
     converted = _sync_batchnorm(model, Placed("cuda"))
     assert isinstance(converted[1], torch.nn.SyncBatchNorm)
     assert converted[1].weight.data_ptr() == model[1].weight.data_ptr()   # same parameters, no copy
+
+
+@pytest.mark.slow
+def test_two_processes_on_the_streaming_path_see_every_photo_and_score_what_one_process_does(photo_folder, tmp_path):
+    """Photos, decoded per sample (two loader workers per process): each epoch covers every training photo across
+    the processes (Accelerate pads the last global batch with a few repeats), and metrics.json equals a one-process
+    evaluation of the saved model through the saved image processor."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from image_classifier.data import load_data
+    from image_classifier.images import load_image
+    from image_classifier.metrics import compute_metrics
+
+    out = tmp_path / "model"
+    done = train([*recipe(photo_folder, out, "--num_train_epochs", 2, "--image_size", 32, "--model", "cnn-fast"),
+                  "--dataloader_num_workers", "2"], processes=2)
+    log = done.stdout + done.stderr
+    assert "Data path streaming: photos" in log, log[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2, log[-3000:]
+    config = parse_config([str(out / "training_config.json")])
+    data = load_data(config.data, seed=config.train.seed)
+    n, global_batch = len(data.tensors["train"]), 4 * 2
+    for epoch in json.loads((out / "history.json").read_text()):
+        assert n <= epoch["train_images"] < n + global_batch, epoch
+
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    paths = [v["path"] for v in data.splits["test"].cast_column(
+        "image", __import__("datasets").Image(decode=False))["image"]]
+    with torch.no_grad():
+        pixels = processor(images=[load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+        logits = model(pixel_values=pixels).logits.numpy()
+    ours = compute_metrics(logits, data.tensors["test"].labels.numpy(), data.class_names, prefix="test")
+    assert metrics["test_num_samples"] == len(paths)
+    # Evaluation decodes each photo whole, as the processor's caller does: the same numbers.
+    for key in ("test_accuracy", "test_loss", "test_f1"):
+        assert metrics[key] == pytest.approx(ours[key], abs=1e-5), key

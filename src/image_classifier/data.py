@@ -652,6 +652,16 @@ def _describe_row(value, split: str, source: str, row: int) -> str:
     return where + (f" ({path})" if path else "")
 
 
+class _RowNames:
+    """(position in a split, undecoded value) -> 'train row 17 (path)': picklable, for loader worker processes."""
+
+    def __init__(self, split: str, plan: _SplitPlan):
+        self.split, self.source, self.rows = split, plan.source, plan.rows
+
+    def __call__(self, position: int, value) -> str:
+        return _describe_row(value, self.split, self.source, int(self.rows[position]))
+
+
 def _decode_split(split, name: str, plan: _SplitPlan, labels: np.ndarray, num_channels: int, image_size: int,
                   strict: bool) -> dict:
     """Decode every image of one split: uint8 images, labels, kept positions, skipped rows, sizes, modes."""
@@ -849,14 +859,13 @@ def _stream_splits(source: DataSource, args: DataArguments, image_size: int, num
 
     crop_pct = args.crop_pct or DEFAULT_CROP_PCT
     evaluation = build_eval_transform(image_size, crop_pct)
-    draft = eval_resize_size(image_size, crop_pct)        # JPEGs decode at a reduced scale down to this side
-    sets = {}
-    for s, plan in source.plans.items():
-        def describe(position: int, value, s=s, plan=plan) -> str:
-            return _describe_row(value, s, plan.source, int(plan.rows[position]))
-
-        sets[s] = EncodedImages(source.splits[s], source.labels[plan.source][plan.rows], num_channels, image_size,
-                                evaluation, describe, draft)
+    # Training photos (random crops) may decode at a reduced JPEG scale that keeps this shorter side; evaluation
+    # decodes them whole, exactly as the app and pipeline() do (a weak model's test accuracy moved by 3 of 12
+    # images on 72-150 px photos when evaluation decoded at half scale).
+    draft = eval_resize_size(image_size, crop_pct)
+    sets = {s: EncodedImages(source.splits[s], source.labels[plan.source][plan.rows], num_channels, image_size,
+                             evaluation, _RowNames(s, plan), None, args.strict_images)
+            for s, plan in source.plans.items()}
     train_view = sets["train"]
     sets["train"] = train_view.with_transform(build_train_transform(
         image_size, args.crop_scale, args.augment and flip_enabled(args, source.class_names),
@@ -865,8 +874,11 @@ def _stream_splits(source: DataSource, args: DataArguments, image_size: int, num
         sets["train"] = train_view
     rng = np.random.default_rng(source.seed)
     sample = np.sort(rng.choice(len(train_view), size=min(STATS_SAMPLE, len(train_view)), replace=False))
-    items = [train_view[int(i)] for i in sample]
-    mean, std = _channel_stats(torch.stack([image for image, label in items if label >= 0] or [items[0][0]]))
+    items = [(image, label) for image, label in (train_view[int(i)] for i in sample) if label >= 0]
+    if not items:
+        raise DataError(f"None of the {len(sample)} sampled train images could be decoded (each was warned about "
+                        "above); check the image files.")
+    mean, std = _channel_stats(torch.stack([image for image, _ in items]))
     headers = source.headers
     counted = {"images_counted": f"headers of {headers.description} (the streaming path decodes images as it "
                                  f"reads them); mean and std of {len(sample)} sampled train images",

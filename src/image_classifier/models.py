@@ -262,7 +262,9 @@ def prepare_model_config(config) -> list[str]:
     notes = []
     unknown = sorted(set(m.overrides()) - set(TIMM_OVERRIDES))
     if unknown:
-        raise ConfigError(unknown[0], f"shapes the small-CNN presets; timm model {name} takes only "
+        default = " (the default model for photos; pass --model cnn-fast to shape a small CNN)" if (
+            "model" in getattr(config, "unset", ())) else ""
+        raise ConfigError(unknown[0], f"shapes the small-CNN presets; timm model {name}{default} takes only "
                                       f"{', '.join('--' + k for k in TIMM_OVERRIDES)}")
     if d.num_channels not in (None, 3):
         raise ConfigError("num_channels", "timm models take RGB input: grayscale images are repeated into 3 "
@@ -278,7 +280,7 @@ def prepare_model_config(config) -> list[str]:
                 notes.append(f"{name}: its pretrained weights cannot be downloaded here (no network, or "
                              "HF_HUB_OFFLINE), so it trains from scratch; with network it starts from them")
                 name = name.split(".")[0]   # no 'names pretrained weights' note below
-    if d.crop_pct is None and d.data_path == "streaming":
+    if d.crop_pct is None:                  # the streaming path's evaluation crop: the weights' own
         import timm
 
         source_cfg = timm.models.get_pretrained_cfg(m.model.removeprefix("timm/"))

@@ -24,7 +24,7 @@ from .files import check_writable, disk_full_is_an_error, write_text
 from .interrupt import StopOnSignal, resume_command
 from .transforms import build_photo_processor
 
-__all__ = ["run", "build_model", "train_model", "evaluate_model", "predict_float32", "check_output_dir",
+__all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "train_model", "evaluate_model", "predict_float32", "check_output_dir",
            "describe_hardware", "save_model_folder"]
 
 
@@ -72,17 +72,7 @@ def describe_hardware(accelerator: Accelerator) -> str:
 
 def run(config: Config) -> Optional[dict[str, Any]]:
     """Explore the data, train, evaluate and save the model folder; return the metrics (None for --explore_only)."""
-    if "output_dir" not in config.unset:
-        check_output_dir(config)          # before any data is read
-    # The dataset's columns, splits and a sample of headers: the defaults follow them (photos, imbalance).
-    # The main process opens it first, filling the datasets cache that the others then read.
-    with PartialState(cpu=not training_on_cuda()).main_process_first():
-        source = data_stage.open_source(config.data, seed=config.train.seed)
-    notes = config.follow_data(source.traits())
-    # timm: RGB input, --pretrained checked now, not after the data
-    notes += models.prepare_model_config(config)
-    if "output_dir" in config.unset:
-        check_output_dir(config)
+    source, notes = follow_the_data(config)
     accelerator = engine.build_accelerator(config)
     out = Path(config.train.output_dir)
     if accelerator.is_main_process:
@@ -128,6 +118,25 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     if config.hub.push_to_hub and accelerator.is_main_process:
         hub.push_to_hub(out, config.hub.hub_model_id, private=config.hub.hub_private_repo, token=config.hub.hub_token)
     return results
+
+
+def follow_the_data(config: Config) -> tuple["data_stage.DataSource", list[str]]:
+    """Open the dataset (columns, splits, a sample of headers; no pixels) and fill the defaults that follow it
+    (photos, imbalance, the model's input size); check the output folder. Returns the source and the lines to
+    print. A named --output_dir is checked before any data is read; the default one is named after the model."""
+    if "output_dir" not in config.unset:
+        check_output_dir(config)
+    # The main process opens it first, filling the datasets cache that the others then read.
+    with PartialState(cpu=not training_on_cuda()).main_process_first():
+        source = data_stage.open_source(config.data, seed=config.train.seed)
+    traits = source.traits()
+    notes = config.follow_data(traits)
+    # timm: RGB input, --pretrained checked now, not after the data; its input size may change the data path
+    notes += models.prepare_model_config(config)
+    notes.insert(0, config.follow_data_path(traits))
+    if "output_dir" in config.unset:
+        check_output_dir(config)
+    return source, notes
 
 
 def describe_recipe(config: Config, accelerator: Accelerator) -> str:
@@ -239,7 +248,7 @@ def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Normalize
     """engine.predict over every image of `split` once, in float32 whatever the training's precision: pass the
     network `engine.plain_model` returned. Returns logits (N, K) and labels (N,)."""
     loader = accelerator.prepare(engine.build_loader(split, config.train.per_device_eval_batch_size, False,
-                                                     config.data.dataloader_num_workers or 0))
+                                                     config.data.dataloader_num_workers or 0, persistent=False))
     return engine.predict(model, loader, normalize, accelerator, tta, mixed_precision=False)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import CorruptImageWarning
+from .data import CorruptImageWarning, DataError
 from .images import image_tensor, read_image
 
 __all__ = ["SKIPPED", "EncodedImages", "drop_skipped", "collate_dropping_skipped"]
@@ -37,7 +37,7 @@ class EncodedImages(Dataset):
     """
 
     def __init__(self, split, labels: np.ndarray, num_channels: int, image_size: int, transform: Callable,
-                 describe: Callable[[int, dict], str], min_short_side: Optional[int] = None):
+                 describe: Callable[[int, dict], str], min_short_side: Optional[int] = None, strict: bool = False):
         import datasets
 
         self.split = split.cast_column("image", datasets.Image(decode=False)).select_columns(["image"])
@@ -46,7 +46,7 @@ class EncodedImages(Dataset):
         self.transform = transform
         self.describe = describe               # (position, undecoded value) -> "train row 17 (path)"
         self.min_short_side = min_short_side
-
+        self.strict = strict                   # --strict_images: an undecodable image stops the run
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -56,6 +56,10 @@ class EncodedImages(Dataset):
             image = read_image(value, self.num_channels, min_short_side=self.min_short_side)[0]
             return self.transform(image_tensor(image)).contiguous(), int(self.labels[index])
         except Exception as error:              # noqa: BLE001 - PIL raises many types; one skipped row, not a crash
+            if self.strict:
+                raise DataError(f"Image {self.describe(int(index), value)} cannot be decoded ({type(error).__name__}: "
+                                f"{error}). Remove or replace the file, or drop --strict_images to skip undecodable "
+                                "images with a warning.") from error
             warnings.warn(f"Skipped image {self.describe(int(index), value)}: {type(error).__name__}: "
                           f"{str(error)[:160]}", CorruptImageWarning, stacklevel=2)
             blank = torch.zeros((self.num_channels, self.image_size, self.image_size), dtype=torch.uint8)
