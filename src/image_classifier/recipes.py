@@ -136,11 +136,11 @@ def choose_data_path(traits: DataTraits, image_size: int, num_channels: int, max
     """("resident" or "streaming", why): photos and data whose decoded splits exceed `max_gib` stream."""
     decoded = traits.num_images * num_channels * image_size ** 2 / 2 ** 30
     if traits.photos:
-        return "streaming", (f"photos (most common side {traits.side} px > {PHOTO_SIDE}): decoded per sample in "
-                             "DataLoader workers, aspect ratio kept")
+        return "streaming", (f"photos (most common side {traits.side} px > {PHOTO_SIDE}): each decoded when a batch "
+                             "needs it, aspect ratio kept")
     if decoded > max_gib:
         return "streaming", (f"the decoded splits would take {decoded:.1f} GiB > --resident_max_gib {max_gib:g}: "
-                             "decoded per sample in DataLoader workers")
+                             "each image decoded when a batch needs it")
     return "resident", (f"small images ({traits.side} px), {decoded * 1024:.0f} MiB decoded <= --resident_max_gib "
                         f"{max_gib:g} GiB: decoded once into memory, augmented in batches")
 
