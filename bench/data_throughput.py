@@ -118,8 +118,10 @@ def main() -> None:
     p.add_argument("dataset", help="an image folder (bench/make_photo_folder.py makes one)")
     p.add_argument("--loader_batches", type=int, default=15, help="batches the loader-only figure is timed over")
     p.add_argument("--bare_seconds", type=float, default=20.0, help="seconds the bare model is timed over")
-    p.add_argument("train_args", nargs="*", help="train.py flags (after --)")
-    args = p.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)       # train.py flags follow a lone --
+    args = p.parse_args(argv[:split])
+    args.train_args = argv[split + 1:]
     cache_root = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
     cache_before = folder_bytes(cache_root)
     out = tempfile.mkdtemp(prefix="data_throughput-")

@@ -115,3 +115,35 @@ def test_precision_speedup_prints_both_rates_and_the_ratio_per_model_and_size():
         # however slow a loaded machine makes the steps.
         low, high = (bf16 - 0.05) / (fp32 + 0.05), (bf16 + 0.05) / max(fp32 - 0.05, 1e-9)
         assert low - 0.0005 <= ratio <= high + 0.0005, (row, low, high)
+
+
+def test_make_photo_folder_upscales_cifar_into_mixed_size_jpegs(shared_datasets, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "photos"
+    done = subprocess.run([sys.executable, str(BENCH.with_name("make_photo_folder.py")), str(out), "--num_images", "24",
+                           "--dataset", str(shared_datasets / "cifar10"), "--workers", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = sorted(out.rglob("*.jpg"))
+    assert len(files) == 24 and {f.parent.name for f in files} <= {"airplane", "automobile", "bird", "cat", "deer",
+                                                                    "dog", "frog", "horse", "ship", "truck"}
+    sizes = {Image.open(f).size for f in files}
+    assert len(sizes) > 1 and all(min(s) >= 375 and max(s) <= 1024 for s in sizes)
+
+
+def test_data_throughput_prints_rates_efficiency_and_memory(photo_folder, tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH.with_name("data_throughput.py")), str(photo_folder),
+                           "--loader_batches", "2", "--bare_seconds", "1", "--", "--model", "cnn-fast", "--widths", "8",
+                           "16", "--image_size", "32", "--per_device_train_batch_size", "8",
+                           "--cache_dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                            "HF_HOME": str(tmp_path / "hf")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["data_path"] == "streaming" and figures["train_images"] == 48
+    assert figures["loader_images_per_second"] > 0 and figures["bare_images_per_second"] > 0
+    ratio = figures["loop_images_per_second"] / figures["bare_images_per_second"]
+    assert abs(figures["pipeline_efficiency"] - ratio) < 0.01 * ratio + 1e-3
+    assert 0.1 < figures["peak_pss_gb_run"] < 20 and figures["cache_written_mb"] < 100
+    assert "pipeline efficiency" in done.stdout and "peak memory (PSS), all processes" in done.stdout
