@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from image_classifier.config import ConfigError, DataArguments, parse_config
-from image_classifier.data import DataError, ImageTensors, load_data, open_source
+from image_classifier.data import ImageTensors, load_data, open_source
 from image_classifier.engine import balanced_sampler, build_loader, class_weights
-from image_classifier.images import read_image
+from image_classifier.images import ImageError, read_image
 from image_classifier.recipes import PHOTO_MODEL, DataTraits
 from image_classifier.streaming import SKIPPED, EncodedImages, collate_dropping_skipped
 from image_classifier.transforms import build_eval_transform
@@ -95,7 +95,7 @@ def test_an_undecodable_photo_is_a_counted_skip_not_a_worker_crash(photo_folder,
         labels = torch.cat([labels for _, labels in loader])
     assert len(labels) == len(data.tensors[split]) - 1
     # --strict_images: the same row stops the run with the resident path's message.
-    with pytest.raises(DataError, match=r"Image .*broken\.jpg\) cannot be decoded .*drop --strict_images"):
+    with pytest.raises(ImageError, match=r"Image .*broken\.jpg\) cannot be decoded .*drop --strict_images"):
         strict = load_data(streaming_args(folder, tmp_path / "cache", strict_images=True), seed=0)
         strict.tensors[split][index]          # (reached where the stats sample missed it)
 

@@ -39,7 +39,7 @@ from PIL import Image
 
 from .config import DataArguments, training_on_cuda
 from .files import atomic_path, looks_like_local_path
-from .images import IMAGE_SUFFIXES, image_tensor, read_image, resize_square
+from .images import IMAGE_SUFFIXES, CorruptImageWarning, image_tensor, read_image, resize_square
 from .recipes import DataTraits, choose_data_path, photo_image_size
 
 __all__ = [
@@ -81,10 +81,6 @@ STATS_SAMPLE = 256              # streaming path: train images whose pixels give
 
 class DataError(ValueError):
     """A dataset problem the user can fix; the message says what is wrong, what was found, and the fix."""
-
-
-class CorruptImageWarning(UserWarning):
-    """Some images could not be decoded and were skipped."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "ImageLike", "IMAGE_SUFFIXES", "MAX_SIDE", "open_image", "read_image", "load_image",
+__all__ = ["ImageError", "CorruptImageWarning", "ImageLike", "IMAGE_SUFFIXES", "MAX_SIDE", "open_image", "read_image", "load_image",
            "decode_image", "image_tensor", "scale_to_uint8", "resize_square"]
 
 # Longest side an image is shrunk to as soon as it is read. The models look at 32-224 pixel squares; 1024
@@ -40,6 +40,10 @@ ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Imag
 
 class ImageError(ValueError):
     """The input is not an image this project can read (or is one it refuses to decode)."""
+
+
+class CorruptImageWarning(UserWarning):
+    """Some images of a dataset could not be decoded and were skipped."""
 
 
 def load_image(image: ImageLike, max_side: Optional[int] = MAX_SIDE, max_pixels: Optional[int] = None) -> Image.Image:

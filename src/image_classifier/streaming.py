@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import CorruptImageWarning, DataError
-from .images import image_tensor, read_image
+from .images import CorruptImageWarning, ImageError, image_tensor, read_image
 
 __all__ = ["SKIPPED", "EncodedImages", "drop_skipped", "collate_dropping_skipped"]
 
@@ -57,7 +56,7 @@ class EncodedImages(Dataset):
             return self.transform(image_tensor(image)).contiguous(), int(self.labels[index])
         except Exception as error:              # noqa: BLE001 - PIL raises many types; one skipped row, not a crash
             if self.strict:
-                raise DataError(f"Image {self.describe(int(index), value)} cannot be decoded ({type(error).__name__}: "
+                raise ImageError(f"Image {self.describe(int(index), value)} cannot be decoded ({type(error).__name__}: "
                                 f"{error}). Remove or replace the file, or drop --strict_images to skip undecodable "
                                 "images with a warning.") from error
             warnings.warn(f"Skipped image {self.describe(int(index), value)}: {type(error).__name__}: "
