@@ -74,10 +74,15 @@ def _format_summary(summary: dict) -> str:
         f"columns {summary['image_column']!r} / {summary['label_column']!r}",
         f"  {summary['num_classes']} classes: {names}",
         f"  splits: {splits}; train imbalance max/min {summary['imbalance_ratio']}",
-        f"  images: {sizes}; modes: {modes}; skipped {summary['skipped_images']['count']}",
+        f"  images: {sizes}; modes: {modes}; skipped {_skipped(summary['skipped_images']['count'])}",
         f"  model input: {summary['num_channels']}x{summary['image_size']}x{summary['image_size']} "
         f"({summary['data_path']} path); "
         f"mean {summary['mean']}, std {summary['std']}",
         f"  augmentation: {'; '.join(summary.get('augmentation', [])) or 'none'}",
     ]
     return "\n".join(lines)
+
+
+def _skipped(count) -> str:
+    """The count of undecodable images; the streaming path counts them as it reads (None here)."""
+    return "(counted as images are read: streaming path)" if count is None else str(count)
