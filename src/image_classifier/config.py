@@ -587,13 +587,14 @@ class Config:
             name = Path(self.data.dataset.rstrip("/")).name or "dataset"
             self.train.output_dir = os.path.join("outputs", f"{name}-{self.model.model.replace('/', '-')}")
 
-    def _resolve_path(self, traits: Optional[DataTraits]) -> None:
+    def _resolve_path(self, traits: Optional[DataTraits]) -> Optional[str]:
         """The data path (left to the data stage while the data is unknown) and what follows it: loader workers,
-        test-time augmentation, the flip schedule."""
+        test-time augmentation, the flip schedule. Returns why that path, where it chose one."""
+        why = None
         if traits is not None and self.data.data_path is None:
             size = self.data.image_size or traits.side
             channels = self.data.num_channels or (1 if traits.gray and not self.model.model.startswith("timm/") else 3)
-            self.data.data_path = choose_data_path(traits, size, channels, self.data.resident_max_gib)[0]
+            self.data.data_path, why = choose_data_path(traits, size, channels, self.data.resident_max_gib)
         streaming = self.data.data_path == "streaming"
         if self.data.dataloader_num_workers is None:      # see the flag's help for the measurement
             self.data.dataloader_num_workers = available_cores() if streaming and training_on_cuda() else 0
@@ -607,6 +608,7 @@ class Config:
         _require(resident or self.data.flip_schedule == "random", "flip_schedule",
                  "'alternate' needs the resident data path (--resident_data true, --dataloader_num_workers 0); "
                  "use --flip_schedule random with a DataLoader")
+        return why
 
     def _reset(self, names) -> None:
         for part in (self.data, self.model, self.train, self.hub):
@@ -639,11 +641,9 @@ class Config:
         """Choose the data path again for the input size as it now stands (a pretrained timm model may have set it)
         and return the line that says which and why."""
         self._reset({"data_path", "dataloader_num_workers", "tta", "flip_schedule"})
-        self._resolve_path(traits)
+        why = self._resolve_path(traits)
         d = self.data
-        channels = d.num_channels or (1 if traits.gray else 3)
-        why = choose_data_path(traits, d.image_size or traits.side, channels, d.resident_max_gib)[1]
-        return (f"Data path {d.data_path}" + (f": {why}" if "data_path" in self.unset else " (--data_path)")
+        return (f"Data path {d.data_path}" + (f": {why}" if why else " (--data_path)")
                 + (f"; {d.dataloader_num_workers} loader worker(s)" if d.data_path == "streaming" else ""))
 
     def to_dict(self) -> dict[str, Any]:

@@ -863,11 +863,9 @@ def _stream_splits(source: DataSource, args: DataArguments, image_size: int, num
                              evaluation, _RowNames(s, plan), None, args.strict_images)
             for s, plan in source.plans.items()}
     train_view = sets["train"]
-    sets["train"] = train_view.with_transform(build_train_transform(
-        image_size, args.crop_scale, args.augment and flip_enabled(args, source.class_names),
-        args.auto_augment if args.augment else "none"), draft)
-    if not args.augment:
-        sets["train"] = train_view
+    if args.augment:
+        sets["train"] = train_view.with_transform(build_train_transform(
+            image_size, args.crop_scale, flip_enabled(args, source.class_names), args.auto_augment), draft)
     rng = np.random.default_rng(source.seed)
     sample = np.sort(rng.choice(len(train_view), size=min(STATS_SAMPLE, len(train_view)), replace=False))
     items = [(image, label) for image, label in (train_view[int(i)] for i in sample) if label >= 0]

@@ -448,11 +448,11 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
 
 def _stop_workers(loader) -> None:
     """End the worker processes of a loader with persistent workers (a no-op for any other loader)."""
-    iterator = getattr(getattr(loader, "base_dataloader", loader), "_iterator", None) or getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    for holder in (loader, getattr(loader, "base_dataloader", None)):
-        if holder is not None and getattr(holder, "_iterator", None) is not None:
+    for holder in (getattr(loader, "base_dataloader", None), loader):     # Accelerate's wrapper, or the loader
+        iterator = getattr(holder, "_iterator", None)
+        if iterator is not None:
+            if hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
             holder._iterator = None
 
 

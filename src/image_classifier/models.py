@@ -88,10 +88,15 @@ def create_model(name: str, *, class_names: list[str], num_channels: int, image_
     return SmallCNNForImageClassification(config)
 
 
+def needs_data_init(model: nn.Module) -> bool:
+    """Whether the model initialises something from training images (a whitening stem: cnn-fast, cnn-wide)."""
+    return getattr(getattr(model, "config", None), "stem", "none") == "whiten"
+
+
 def init_from_data(model: nn.Module, images: torch.Tensor) -> None:
     """Set what a model initialises from the training data: the whitening stem, from normalized
     images (N, C, H, W), a few thousand. A no-op for models without one (every other preset, timm)."""
-    if getattr(getattr(model, "config", None), "stem", "none") == "whiten":
+    if needs_data_init(model):
         model.init_whitening(images)
 
 
@@ -175,12 +180,18 @@ def summarize_model(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
 
 
 def estimate_training_bytes(model: nn.Module, batch_size: int, input_shape: tuple[int, int, int]) -> int:
-    """Bytes one training step of `model` holds at `batch_size` images of (C, H, W), in float32: every leaf
-    layer's output (what autograd keeps for the backward pass) plus the largest two again (the gradients
-    flowing back), and four copies of the weights (weights, gradients, two optimizer moments).
+    """Bytes one training step of `model` holds at `batch_size` images of (C, H, W) (see `training_bytes`)."""
+    per_image, fixed = training_bytes(model, input_shape)
+    return batch_size * per_image + fixed
 
-    Measured by a forward pass of 2 images on a copy of the model, scaled to the batch; a bound on the order,
-    not to the byte (bench/data_throughput.py prints it beside the measured peak).
+
+def training_bytes(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(bytes per image, bytes whatever the batch) of one float32 training step of `model` on (C, H, W) images:
+    per image, every leaf layer's output (what autograd keeps for the backward pass) plus the largest two again
+    (the gradients flowing back); fixed, four copies of the weights (weights, gradients, two optimizer moments).
+
+    Measured by a forward pass of 2 images on a copy of the model; a bound on the order, not to the byte
+    (bench/data_throughput.py prints it beside the measured peak).
     """
     probe = copy.deepcopy(model).train()
     first = next(probe.parameters(), None)
@@ -198,8 +209,7 @@ def estimate_training_bytes(model: nn.Module, batch_size: int, input_shape: tupl
     finally:
         for hook in hooks:
             hook.remove()
-    largest = sorted(sizes)[-2:]
-    return batch_size * (sum(sizes) + sum(largest)) + 4 * 4 * count_parameters(probe)
+    return sum(sizes) + sum(sorted(sizes)[-2:]), 4 * 4 * count_parameters(probe)
 
 
 def input_normalization(model: nn.Module, mean: list[float], std: list[float]) -> tuple[list[float], list[float]]:

@@ -184,7 +184,7 @@ def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.
     except ValueError as error:
         raise ConfigError("model", str(error)) from error
     normalize = Normalize(*models.input_normalization(model, data.mean, data.std))
-    if getattr(model.config, "stem", "none") == "whiten":    # decoding 5,000 photos would take a minute: 512
+    if models.needs_data_init(model):        # decoding 5,000 photos would take a minute: 512
         train = data.eval_view("train")
         sample = range(min(len(train), 5000 if data.path == "resident" else 512))
         models.init_from_data(model, normalize(train.images_at(sample)))
@@ -199,15 +199,16 @@ def fit_batch_in_memory(model: torch.nn.Module, data: "data_stage.ImageData", co
     args = config.train
     shape = (data.num_channels, data.image_size, data.image_size)
     free = _free_memory(accelerator)
-    need = models.estimate_training_bytes(model, args.per_device_train_batch_size, shape)
+    per_image, fixed = models.training_bytes(model, shape)
+    need = args.per_device_train_batch_size * per_image + fixed
     gib = 2 ** 30
     if need <= free:
         return (f"Memory: a training step at batch {args.per_device_train_batch_size} and {data.image_size}x"
                 f"{data.image_size} needs about {need / gib:.1f} GiB; {free / gib:.1f} GiB free")
     batch = args.per_device_train_batch_size
-    while batch > 1 and models.estimate_training_bytes(model, batch, shape) > free:
+    while batch > 1 and batch * per_image + fixed > free:
         batch //= 2
-    if "per_device_train_batch_size" not in config.unset or models.estimate_training_bytes(model, batch, shape) > free:
+    if "per_device_train_batch_size" not in config.unset or batch * per_image + fixed > free:
         raise ConfigError("per_device_train_batch_size",
                           f"a training step of {config.model.model} at batch {args.per_device_train_batch_size} and "
                           f"{data.image_size}x{data.image_size} needs about {need / gib:.1f} GiB, but only "

@@ -8,7 +8,7 @@ transformed (transforms.py) into uint8 (C, S, S).
 
 An image that cannot be decoded is not a crash in a worker: the item comes back as a blank image with label
 `SKIPPED` (-1) and one warning names the row; training drops such rows from its batches
-(`drop_skipped`) and evaluation from its predictions (engine.predict), and both count them.
+(`collate_dropping_skipped`) and evaluation from its predictions (engine.predict), and both count them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from .images import CorruptImageWarning, ImageError, image_tensor, read_image
 
-__all__ = ["SKIPPED", "EncodedImages", "drop_skipped", "collate_dropping_skipped"]
+__all__ = ["SKIPPED", "EncodedImages", "collate_dropping_skipped"]
 
 SKIPPED = -1                    # the label of an item whose image could not be decoded
 
@@ -75,14 +75,6 @@ class EncodedImages(Dataset):
         items = [self[int(p)][0] for p in positions]
         return torch.stack(items) if items else torch.empty((0, self.num_channels, self.image_size,
                                                              self.image_size), dtype=torch.uint8)
-
-
-def drop_skipped(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch without the rows whose image could not be decoded (label SKIPPED)."""
-    keep = labels != SKIPPED
-    if bool(keep.all()):
-        return images, labels
-    return images[keep], labels[keep]
 
 
 def collate_dropping_skipped(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
