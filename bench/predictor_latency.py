@@ -9,6 +9,8 @@ Single image, the same PNG photo every time (median over --runs, ms):
   Predictor.forward        the same tensor through the Predictor's queue and worker thread
   bare pipeline            PNG bytes -> load_image -> saved image processor -> model, in the caller's thread
   Predictor.predict        PNG bytes -> top-5 labels, end to end
+  Explainer.explain        PNG bytes -> Grad-CAM overlay at the photo's size, every stage's feature maps, top 5
+  + feature-map grids      the same, with the grids drawn as the app and `explain` show them
 Throughput (images/s):
   predict_batch(N)         one call with N decoded photos (preprocess + forward + top-k), next to the bare
                            forward on the same N preprocessed images, at each --batch-sizes
@@ -37,6 +39,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 
 from image_classifier.images import load_image  # noqa: E402
 from image_classifier.inference import Predictor  # noqa: E402
+from image_classifier.interpretation import Explainer  # noqa: E402
 from image_classifier.model_folder import find_latest_model  # noqa: E402
 from timing import synchronize, time_steps  # noqa: E402
 
@@ -145,6 +148,13 @@ def main():
     print(f"  bare: PNG bytes -> load, preprocess, forward    {t['bare']:8.2f} ms")
     print(f"  Predictor.predict (PNG bytes -> top 5)          {t['p_png']:8.2f} ms   "
           f"({t['p_png'] - t['bare']:+.2f} ms over bare)")
+
+    explainer = Explainer(predictor)
+    t = _median_ms({"explain": lambda: explainer.explain(png),
+                    "grids": lambda: explainer.explain(png).feature_map_images()},
+                   max(10, args.runs // 4), max(2, args.warmup // 4), device)
+    print(f"  Explainer.explain (PNG bytes -> Grad-CAM, maps) {t['explain']:8.2f} ms")
+    print(f"  + feature-map grids (what the app shows)        {t['grids']:8.2f} ms")
 
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     images = [image] * max(sizes)

@@ -104,6 +104,29 @@ def test_a_file_that_is_not_an_image_gets_a_clear_error_and_the_server_keeps_ser
     _check_same(client.predict(handle_file(str(good)), api_name="/predict"), served.predictor.predict(good))
 
 
+def _gallery_captions(gallery) -> list[str]:
+    return [item.get("caption") if isinstance(item, dict) else item[1] for item in gallery]
+
+
+def test_api_explain_returns_the_grad_cam_overlay_and_a_grid_per_stage(served, client):
+    from image_classifier.interpretation import Explainer
+
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/explain" in endpoints
+    explainer = Explainer(served.predictor)
+    photo = served.files / "photo.jpg"                                # 2000x1500: the overlay keeps its size
+    for path, target in ((served.folder / "examples" / "cat_0.png", ""), (photo, "dog")):
+        overlay, stages, caption = client.predict(handle_file(str(path)), target, api_name="/explain")
+        expected = explainer.explain(path, target or None)
+        assert f"**{expected.target}**" in caption
+        got = np.asarray(Image.open(overlay).convert("RGB"))
+        assert got.shape == expected.overlay.shape
+        np.testing.assert_array_equal(got, expected.overlay)
+        assert [c.split(":")[0] for c in _gallery_captions(stages)] == ["stem", "blocks.0", "blocks.1"]
+    with pytest.raises(AppError, match="notes.png is not an image"):
+        client.predict(handle_file(str(served.files / "notes.png")), "", api_name="/explain")
+
+
 def test_16_concurrent_calls_all_succeed(served, client):
     paths = [served.folder / "examples" / f"{CLASSES[i % 4]}_{i % 2}.png" for i in range(16)]
     jobs = [client.submit(handle_file(str(p)), api_name="/predict") for p in paths]
@@ -255,8 +278,19 @@ def test_browser_upload_shows_the_prediction(served):
             playwright.expect(top).to_have_text(expected, timeout=60_000)
             playwright.expect(page.locator("#model-card")).to_contain_text("81.2 %")
             playwright.expect(page.locator("#examples")).to_contain_text("Examples from the test set")
+            # the Explain view follows the upload: the Grad-CAM of the top class and a grid per stage
+            caption = page.locator("#explain-caption")
+            playwright.expect(caption).to_contain_text(f"Where the network sees {expected}", timeout=60_000)
+            playwright.expect(page.locator("#explain-cam img")).to_have_count(1)
+            playwright.expect(page.locator("#feature-maps img")).to_have_count(3, timeout=30_000)
+            playwright.expect(page.locator("#filters img")).to_have_count(1)
             page.wait_for_timeout(800)                        # let the result finish fading in
             page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+            # another class from the picker: the map is redrawn for it
+            other = next(c for c in served.predictor.labels if c != expected)
+            page.locator("#explain-class input").click()
+            page.get_by_role("option", name=other, exact=True).click()
+            playwright.expect(caption).to_contain_text(f"Where the network sees {other}", timeout=60_000)
 
             # a file that is not an image: an error toast with the reason, and the page keeps working
             page.locator("#clear-btn").click()

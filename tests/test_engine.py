@@ -21,7 +21,7 @@ MODEL_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "
                "modeling_small_cnn.py", "training_config.json", "metrics.json", "history.json",
                "data_summary.json", "model_summary.txt", "README.md"]
 PLOTS = ["samples.png", "class_distribution.png", "augmentation.png", "learning_curves.png",
-         "confusion_matrix.png", "misclassified.png"]
+         "confusion_matrix.png", "top_losses.png", "gradcam.png", "filters.png"]
 
 
 def tiny_args(dataset, output_dir, *extra):

@@ -3,6 +3,7 @@
     python -m image_classifier push OUTPUT_DIR --hub_model_id USER/NAME [--hub_private_repo] [--hub_token T]
     python -m image_classifier deploy-space --space_id USER/NAME --hub_model_id USER/MODEL [--private] [--hub_token T]
     python -m image_classifier predict IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--top_k K] [--json]
+    python -m image_classifier explain IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--target_class NAME] [--output_dir DIR]
 
 Adding a command: write `_add_NAME(subparsers)` that adds a sub-parser with `set_defaults(run=fn)`,
 where `fn(args) -> int` is the exit status, and append it to `COMMANDS`. Errors a user can fix
@@ -61,14 +62,20 @@ def _add_deploy_space(subparsers) -> None:
     add_deploy_space_command(subparsers)
 
 
+def _add_explain(subparsers) -> None:
+    from .interpretation import add_explain_command
+
+    add_explain_command(subparsers)
+
+
 # Each adds one sub-command.
-COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict]
+COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict, _add_explain]
 
 
 def build_parser() -> argparse.ArgumentParser:
     prog = "python -m image_classifier" if os.path.basename(sys.argv[0]) == "__main__.py" else "image-classifier"
     parser = argparse.ArgumentParser(prog=prog, description="Image classifier tools: push a trained model to the "
-                                                            "Hub, deploy the app as a Space, classify image files.")
+                                                            "Hub, deploy the app as a Space, classify image files and show where the model looks.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)

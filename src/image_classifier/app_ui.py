@@ -24,6 +24,7 @@ import gradio as gr
 from .files import atomic_path, looks_like_local_path
 from .images import ImageError, load_image
 from .inference import Predictor, model_info
+from .interpretation import Explainer, describe_filters
 from .model_folder import find_examples, find_latest_model, is_local_model
 
 __all__ = ["create_app", "build_app", "build_missing_model_app", "resolve_model", "image_input",
@@ -71,6 +72,12 @@ CSS = """
 /* small dataset-sized images (32x32) are shown large and crisp rather than as a postage stamp */
 #image-input .image-frame, #image-input .image-container { width: 100%; height: 100%; }
 #image-input .image-frame img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+/* the Grad-CAM overlay of a 32x32 image and the filter grid: shown large, each pixel a crisp square */
+#explain-cam .image-frame, #explain-cam .image-container, #filters .image-frame, #filters .image-container {
+    width: 100%; height: 100%; }
+#explain-cam .image-frame img, #filters .image-frame img { width: 100%; height: 100%; object-fit: contain;
+    image-rendering: pixelated; }
+#feature-maps img { image-rendering: pixelated; }
 #missing { max-width: 780px; margin: 2em auto; }
 /* Phones: the two columns stack, and the prediction comes right under the image and its buttons, before the
    examples and the model panel (otherwise it lands below all 20 examples, off-screen after an upload). */
@@ -81,7 +88,7 @@ CSS = """
   #classify-row #image-input { order: 1; height: 300px !important; }
   #classify-row #buttons { order: 2; flex-wrap: nowrap; }
   #buttons > button { min-width: 0; }
-  #classify-row #prediction { order: 3; }
+  #classify-row #prediction, #classify-row #explain { order: 3; }
   #classify-row #model-card { order: 5; }
   #header p { font-size: 0.95em; }
 }
@@ -287,17 +294,43 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
         return None if image is None else predict(image)
 
     def predict_example(image):
-        return predict(image)
+        """An example clicked: its prediction and its explanation at once."""
+        return (predict(image), *explain(image, ""))
 
     def predict_files(files):
         return _predict_files(predictor, files)
+
+    explainer = Explainer(predictor)
+
+    def explain(image, target):
+        """Where the network looks: the Grad-CAM overlay for `target` (default, or "": the top class), the feature
+        maps of each stage as (picture, caption) pairs, and a line naming the class the map explains."""
+        if image is None:
+            return None, [], ""
+        try:
+            explanation = explainer.explain(image, target or None, top_k=predictor.num_labels)
+        except ImageError as e:
+            raise refuse(str(e))
+        except ValueError as e:
+            raise refuse(str(e), title="Unknown class")
+        p = dict(explanation.top)[explanation.target]
+        return (explanation.overlay, explanation.feature_map_images(),
+                f"Where the network sees **{html.escape(explanation.target)}** (p = {p:.2f}); red: most")
 
     with gr.Blocks(title=page_title) as demo:
         gr.Markdown(_header(info), elem_id="header")
         with gr.Tabs():
             with gr.Tab("Classify", id="classify"):
-                # made first so that the examples (left column) can name it; shown in the right column
+                # made first so that the examples (left column) can name them; shown in the right column
                 label = gr.Label(num_top_classes=top_k, label="Prediction", elem_id="prediction", render=False)
+                target = gr.Dropdown(choices=[("the top class", ""), *predictor.labels], value="",
+                                     label="Show the evidence for", elem_id="explain-class", render=False)
+                cam_caption = gr.Markdown(elem_id="explain-caption", render=False)
+                cam = gr.Image(label="Grad-CAM", type="numpy", format="png", interactive=False, height=300,
+                               elem_id="explain-cam", render=False)
+                stages = gr.Gallery(label="Feature maps of each stage (the most active channels first)", columns=2,
+                                    height="auto", format="png", elem_id="feature-maps", render=False)
+                explained = [cam, stages, cam_caption]
                 with gr.Row(equal_height=False, elem_id="classify-row"):
                     with gr.Column(scale=5, elem_id="input-column"):
                         image = image_input(label="Image", sources=["upload", "clipboard", "webcam"], height=360,
@@ -307,7 +340,7 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
                             run = gr.Button("Classify", variant="primary", size="lg", elem_id="classify-btn")
                         # under the image, where the eye already is (rather than below both columns)
                         if examples:
-                            gr.Examples(examples=[[str(p)] for p in examples], inputs=image, outputs=label,
+                            gr.Examples(examples=[[str(p)] for p in examples], inputs=image, outputs=[label, *explained],
                                         fn=predict_example, run_on_click=True, cache_examples=False,
                                         examples_per_page=20, label="Examples from the test set: click one",
                                         api_visibility="private", elem_id="examples")
@@ -315,8 +348,15 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
                             gr.Markdown("*This model folder has no `examples/`: upload an image of your own.*")
                     with gr.Column(scale=4, elem_id="result-column"):
                         label.render()
+                        with gr.Accordion("Explain: where the network looks", open=True, elem_id="explain"):
+                            for component in (target, cam_caption, cam, stages):
+                                component.render()
                         gr.HTML(_model_card(info, predictor), elem_id="model-card")
-                clear.add([image, label])
+                        gr.Image(value=explainer.filters(), label="First-layer filters", type="numpy", format="png",
+                                 interactive=False, height=180, elem_id="filters")
+                        gr.Markdown(f"<small>{html.escape(describe_filters(predictor.model))}</small>",
+                                    elem_id="filters-caption")
+                clear.add([image, label, *explained])
             with gr.Tab("Batch", id="batch"):
                 gr.Markdown(f"Classify up to {MAX_BATCH_FILES} image files at once; files that are not images "
                             "are listed with the reason instead of a prediction.")
@@ -329,8 +369,13 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
                                      column_widths=["20%", "14%", "14%", "26%", "26%"])
                 csv_file = gr.File(label="Download all class probabilities (CSV)", interactive=False,
                                    height=80, elem_id="batch-csv")
-        run.click(predict, inputs=image, outputs=label, api_name="predict")
-        image.upload(predict_on_upload, inputs=image, outputs=label, api_visibility="private")
+        # The explanation follows each prediction that succeeded (one error toast for an unreadable upload), and
+        # each class picked.
+        run.click(predict, inputs=image, outputs=label, api_name="predict").success(
+            explain, inputs=[image, target], outputs=explained, api_name="explain")
+        image.upload(predict_on_upload, inputs=image, outputs=label, api_visibility="private").success(
+            explain, inputs=[image, target], outputs=explained, api_visibility="private")
+        target.change(explain, inputs=[image, target], outputs=explained, api_visibility="private")
         batch_run.click(predict_files, inputs=files, outputs=[table, csv_file], api_name="predict_batch")
     return demo.queue(**QUEUE_KWARGS)
 

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from . import model_folder as folder
 from .files import write_text
+from .metrics import most_confused
 
 __all__ = ["TEMPLATE_PATH", "render_model_card", "write_model_card", "is_hub_id", "TTA_NAMES"]
 
@@ -154,14 +155,6 @@ def _hyperparameters(training: dict, metrics: dict, history: list[dict]) -> list
         effective = batch * (metrics.get("num_processes") or 1) * (training.get("gradient_accumulation_steps") or 1)
         rows.insert(5, ("Effective batch size", f"`{effective}`"))
     return rows
-
-
-def _confusions(matrix: list[list[int]], names: list[str], top: int = 3) -> list[dict]:
-    """The most frequent (true, predicted) mistakes; rows are true classes, columns predictions."""
-    pairs = [(count, i, j) for i, row in enumerate(matrix or []) for j, count in enumerate(row) if i != j and count]
-    pairs.sort(reverse=True)
-    return [{"true": names[i] if i < len(names) else i, "predicted": names[j] if j < len(names) else j,
-             "count": count} for count, i, j in pairs[:top]]
 
 
 def _read_run(out: Path) -> dict[str, Any]:
@@ -311,7 +304,9 @@ def _results_context(metrics: dict[str, Any], class_names: list[str]) -> dict[st
         "overall": overall,
         "per_class": per_class,
         "weakest": [{"name": name, "f1": _num(f1)} for f1, name in weakest] if len(per_class) > 3 else [],
-        "confusions": _confusions(metrics.get("test_confusion_matrix"), class_names),
+        # older runs' metrics.json have only the matrix
+        "confusions": (metrics.get("test_most_confused") or (most_confused(metrics["test_confusion_matrix"], class_names)
+                                                             if metrics.get("test_confusion_matrix") else []))[:3],
         "test_accuracy": _num(metrics.get("test_accuracy")) if "test_accuracy" in metrics else None,
         "test_f1": _num(metrics.get("test_f1")) if "test_f1" in metrics else None,
         "tta": TTA_NAMES.get(metrics.get("tta") or "none"),

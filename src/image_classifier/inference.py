@@ -34,7 +34,8 @@ from .images import ImageError, ImageLike, load_image
 from .model_folder import (CONFIG, DATA_SUMMARY, METRICS, TRAINING_CONFIG, find_latest_model,
                            is_local_model, read_json)
 
-__all__ = ["Predictor", "model_info", "add_predict_command", "predict_command"]
+__all__ = ["Predictor", "model_info", "add_predict_command", "add_model_arguments", "expand_image_paths",
+           "open_predictor", "predict_command"]
 
 # --------------------------------------------------------------------------------------------
 # Prediction
@@ -335,35 +336,78 @@ def add_predict_command(subparsers) -> None:
         "predict", help="classify image files with a trained model",
         description="Classify image files with a trained model folder or Hub id and print the top classes of each. "
                     "Files that are not readable images are reported on stderr; the exit status is then 1.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--model", default=None,
-                        help="model folder or Hub id; default: the MODEL_ID environment variable, else the newest "
-                             "finished run under outputs/")
+    add_model_arguments(parser)
     parser.add_argument("--top_k", type=int, default=3, help="classes to show per image (default 3)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object per image: {"file", "predictions": [{"label", "score"}]}')
     parser.set_defaults(run=predict_command)
 
 
-def predict_command(args) -> int:
-    """Run `predict` for parsed arguments; return the exit status (0 ok, 1 some file failed, 2 no model)."""
+def add_model_arguments(parser) -> None:
+    """IMAGE... (files, folders, glob patterns), --model and --device: what `predict` and `explain` share."""
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files, folders (searched recursively) or quoted glob patterns such as 'photos/*.jpg'")
+    parser.add_argument("--model", default=None,
+                        help="model folder or Hub id; default: the MODEL_ID environment variable, else the newest "
+                             "finished run under outputs/")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+
+def expand_image_paths(items: Sequence[str]) -> list[str]:
+    """Each argument as image paths: a folder gives its image files (recursively, sorted), a glob pattern its
+    matches, anything else itself (a missing file is then reported where it is read). Raises FileNotFoundError
+    for a folder without images or a pattern that matches nothing."""
+    import glob
+
+    from .images import IMAGE_SUFFIXES
+
+    paths: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"no image files in the folder {item} (looked for "
+                                        f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        elif glob.has_magic(item) and not os.path.exists(item):
+            found = sorted(glob.glob(item, recursive=True))
+            if not found:
+                raise FileNotFoundError(f"no file matches {item}")
+            paths += found
+        else:
+            paths.append(item)
+    return paths
+
+
+def open_predictor(args) -> Optional[Predictor]:
+    """The Predictor for `--model` (else MODEL_ID, else the newest run under outputs/), or None after printing why
+    there is none on stderr."""
     import sys
 
     model = args.model or os.environ.get("MODEL_ID") or find_latest_model("outputs")
     if not model:
         print("error: no model: pass --model FOLDER_OR_HUB_ID, set MODEL_ID, or train one into outputs/ "
               "(`make train`)", file=sys.stderr)
-        return 2
+        return None
     try:
-        predictor = Predictor(model, device=args.device)
+        return Predictor(model, device=args.device)
     except Exception as e:  # noqa: BLE001 - one readable line rather than a traceback
         print(f"error: could not load the model {model}: " + " ".join(f"{type(e).__name__}: {e}".split()),
               file=sys.stderr)
+        return None
+
+
+def predict_command(args) -> int:
+    """Run `predict` for parsed arguments; return the exit status (0 ok, 1 some file failed, 2 no model)."""
+    import sys
+
+    paths = expand_image_paths(args.images)
+    predictor = open_predictor(args)
+    if predictor is None:
         return 2
     status = 0
     with predictor:
-        for path in args.images:
+        for path in paths:
             try:
                 top = predictor.predict(path, top_k=args.top_k)
             except ImageError as e:

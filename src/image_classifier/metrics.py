@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["METRIC_MODULES", "load_metric", "compute_metrics", "softmax"]
+__all__ = ["METRIC_MODULES", "load_metric", "compute_metrics", "softmax", "most_confused"]
 
 METRIC_MODULES = Path(__file__).with_name("metric_modules")
 
@@ -44,8 +44,19 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
+def most_confused(matrix: Sequence[Sequence[int]], class_names: Sequence[str], top: int = 10) -> list[dict[str, Any]]:
+    """The most frequent mistakes, [{"true", "predicted", "count"}], most first (ties in class order): the off-diagonal
+    cells of a confusion matrix whose rows are true classes and columns predictions."""
+    counts = np.asarray(matrix, dtype=np.int64).reshape(len(class_names), len(class_names))
+    off = counts * (1 - np.eye(len(class_names), dtype=np.int64))
+    cells = np.argsort(-off, axis=None, kind="stable")[:top]
+    return [{"true": class_names[i], "predicted": class_names[j], "count": int(off[i, j])}
+            for i, j in zip(*np.unravel_index(cells, off.shape)) if off[i, j] > 0]
+
+
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str], prefix: str = "") -> dict[str, Any]:
-    """Accuracy, macro and weighted precision/recall/F1, per class, confusion matrix, cross-entropy, top-5.
+    """Accuracy, macro and weighted precision/recall/F1, per class, confusion matrix and its most confused pairs,
+    cross-entropy, top-5.
 
     logits: (N, K) float; labels: (N,) int class ids. Keys are prefixed `prefix_` when a prefix is given;
     every value is a plain Python number, list or dict (JSON-ready).
@@ -75,5 +86,6 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequenc
             predictions=logits.astype(np.float32), references=labels, k=5, labels=every)["top_k_accuracy"]
     out["per_class"] = per_class
     out["confusion_matrix"] = load_metric("confusion_matrix").compute(**inputs, labels=every)["confusion_matrix"]
+    out["most_confused"] = most_confused(out["confusion_matrix"], class_names)
     out["num_samples"] = int(len(labels))
     return {f"{prefix}_{k}" if prefix else k: v for k, v in out.items()}

@@ -45,8 +45,9 @@ PLOTS = "plots"
 EXAMPLES = "examples"
 CHECKPOINTS = "checkpoints"
 SAVE_PREFIX = ".save-"              # the temporary folder the weights are written into before they move into place
-# plots/NAME.png: the exploration's three, then the evaluation's three.
-PLOT_NAMES = ("samples", "class_distribution", "augmentation", "learning_curves", "confusion_matrix", "misclassified")
+# plots/NAME.png: the exploration's three, the evaluation's three, then what the network looks at (interpretation).
+PLOT_NAMES = ("samples", "class_distribution", "augmentation", "learning_curves", "confusion_matrix", "top_losses",
+              "gradcam", "filters")
 
 
 def plot_file(out: str | os.PathLike, name: str) -> Path:

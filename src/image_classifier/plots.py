@@ -18,13 +18,14 @@ import numpy as np  # noqa: E402
 from .files import atomic_path  # noqa: E402
 
 __all__ = ["plot_samples", "plot_class_distribution", "plot_augmentation", "plot_learning_curves",
-           "plot_confusion_matrix", "plot_misclassified"]
+           "plot_confusion_matrix", "plot_top_losses", "plot_cam_grid", "plot_picture", "plot_feature_maps"]
 
 DPI = 120
 
 
 def _save(fig, path: str | os.PathLike) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:     # figures made with layout="constrained" keep room for their suptitle
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     plt.close(fig)
@@ -164,25 +165,66 @@ def plot_confusion_matrix(matrix: Any, class_names: Sequence[str], path: str | o
     _save(fig, path)
 
 
-def plot_misclassified(images: Any, labels: Sequence[int], probs: np.ndarray, class_names: Sequence[str],
-                       path: str | os.PathLike, max_images: int = 16) -> None:
-    """The most confident mistakes: each titled with the true and predicted class and the probability."""
-    labels, probs = np.asarray(labels), np.asarray(probs)
-    preds = probs.argmax(axis=1)
-    wrong = np.flatnonzero(preds != labels)
-    wrong = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:max_images]
-    if len(wrong) == 0:
+def plot_top_losses(images: Sequence[Any], overlays: Sequence[np.ndarray], titles: Sequence[str], total_wrong: int,
+                    total: int, path: str | os.PathLike) -> None:
+    """The test images the model is most confidently wrong about, each beside its Grad-CAM overlay (for the
+    predicted class), highest loss first. images: (C, H, W); overlays: uint8 (H, W, 3); titles: one per case."""
+    if len(images) == 0:
         fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, f"No misclassified images among {len(labels):,}", ha="center", va="center", fontsize=12)
+        ax.text(0.5, 0.5, f"No misclassified images among {total:,}", ha="center", va="center", fontsize=12)
         ax.axis("off")
         _save(fig, path)
         return
-    rows, cols = _grid(len(wrong), max_cols=4)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    rows, cases = _grid(len(images), max_cols=4)
+    fig, axes = plt.subplots(rows, 2 * cases, figsize=(2.3 * 2 * cases, 2.9 * rows + 0.4), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong):
-        title = f"true: {class_names[labels[i]]}\npred: {class_names[preds[i]]} (p={probs[i, preds[i]]:.2f})"
-        _show(ax, images[i], title, fontsize=9)
-    fig.suptitle(f"Most confident mistakes ({(preds != labels).sum():,} of {len(labels):,} misclassified)", fontsize=11)
+    for i, (image, overlay, title) in enumerate(zip(images, overlays, titles)):
+        row, col = divmod(i, cases)
+        _show(axes[row, 2 * col], image, title, fontsize=8)
+        _show(axes[row, 2 * col + 1], overlay.transpose(2, 0, 1), "Grad-CAM", fontsize=8)
+    fig.suptitle(f"Top losses: the most confident mistakes ({total_wrong:,} of {total:,} test images misclassified)",
+                 fontsize=11)
+    _save(fig, path)
+
+
+def plot_cam_grid(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]], columns: int,
+                  path: str | os.PathLike, note: str = "") -> None:
+    """Grad-CAM overlays per class: one row per (class name, [(overlay uint8 (H, W, 3), title)]), up to `columns`
+    cells each (correct predictions first, then mistakes)."""
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(n, columns, figsize=(1.75 * columns + 1.2, 1.95 * n + 0.5), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (class_name, cells) in enumerate(rows):
+        axes[r, 0].text(-0.12, 0.5, class_name, transform=axes[r, 0].transAxes, ha="right", va="center",
+                        fontsize=9, fontweight="bold")
+        for c, (overlay, title) in enumerate(cells[:columns]):
+            _show(axes[r, c], overlay.transpose(2, 0, 1), title, fontsize=7)
+    fig.suptitle("Grad-CAM of the predicted class: correct (✓) and wrong (✗) test predictions per true class"
+                 + (f"\n{note}" if note else ""), fontsize=10)
+    _save(fig, path)
+
+
+def plot_picture(picture: np.ndarray, title: str, path: str | os.PathLike, width: float = 6.0) -> None:
+    """One uint8 (H, W, 3) picture (a filter or feature-map grid) under a title."""
+    height, wide = picture.shape[:2]
+    fig, ax = plt.subplots(figsize=(width, max(1.5, width * height / max(wide, 1) + 0.5)))
+    ax.imshow(picture, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+    _save(fig, path)
+
+
+def plot_feature_maps(stages: Sequence[tuple[np.ndarray, str]], path: str | os.PathLike, title: str = "") -> None:
+    """Each stage's channel grid (uint8 (H, W, 3)) under its caption, one stage per row."""
+    fig, axes = plt.subplots(len(stages), 1, figsize=(7, 2.4 * len(stages) + 0.4), squeeze=False)
+    for ax, (grid, caption) in zip(axes[:, 0], stages):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(caption, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
     _save(fig, path)

@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from . import data as data_stage
-from . import card, engine, explore, hub, metrics, model_folder, models, plots, recipes
+from . import card, engine, explore, hub, interpretation, metrics, model_folder, models, plots, recipes
 from .augment import BatchAugment, Normalize, build_batch_mix
 from .config import Config, ConfigError, save_config, training_on_cuda
 from .files import check_writable, disk_full_is_an_error, write_text
@@ -269,13 +269,17 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
             processor.save_pretrained(tmp)
 
     logits, labels = test_predictions
+    test_view, probs = data.eval_view("test"), metrics.softmax(logits)
     plot = model_folder.plot_file
     optional = [   # (path in the folder, its writer); the card last, as it is filled from the files before it
         (plot(".", "learning_curves"), lambda path: plots.plot_learning_curves(state.history, path)),
         (plot(".", "confusion_matrix"), lambda path: plots.plot_confusion_matrix(
             np.asarray(results["test_confusion_matrix"]), data.class_names, path)),
-        (plot(".", "misclassified"), lambda path: plots.plot_misclassified(
-            _Images(data.eval_view("test")), labels, metrics.softmax(logits), data.class_names, path)),
+        (plot(".", "top_losses"), lambda path: interpretation.write_top_losses(
+            model, normalize, test_view, labels, probs, data.class_names, path)),
+        (plot(".", "gradcam"), lambda path: interpretation.write_cam_grid(
+            model, normalize, test_view, labels, probs, data.class_names, path)),
+        (plot(".", "filters"), lambda path: interpretation.write_filters(model, path)),
         (model_folder.EXAMPLES, lambda path: model_folder.save_examples(data.splits["test"], data.class_names,
                                                                         data.num_channels, path)),
         (model_folder.CARD, lambda path: card.write_model_card(out)),
@@ -284,16 +288,6 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
             f"trained weights. Free some space, then finish the run with:\n  {resume_command()}")
     with disk_full_is_an_error("the model files", out, kept):
         model_folder.write_model_folder(out, save_weights, results, state.history, optional)
-
-
-class _Images:
-    """images[i] of a split's dataset (decoded on access on the streaming path), for the plots."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.dataset[int(index)][0]
 
 
 def _scalars(flat: dict[str, Any]) -> dict[str, Any]:

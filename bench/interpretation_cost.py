@@ -1,0 +1,76 @@
+"""What the run's interpretation plots cost, next to the run's training time. Prints; never asserts.
+
+    python bench/interpretation_cost.py --model outputs/cifar10
+
+Re-creates what the end of that run did after saving the weights: the test split as the run decoded it (its
+training_config.json, the decode cache), the saved model's test probabilities, then the three interpretation
+plots of `runner.save_model_folder`, timed one by one (written to a temporary folder, not the model's):
+  top_losses.png   the most confident mistakes, each with its Grad-CAM
+  gradcam.png      Grad-CAM of correct and wrong predictions, per class
+  filters.png      the first layer's filters
+The share is of the run's own `train_seconds` (metrics.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src")]
+
+from image_classifier import interpretation, metrics  # noqa: E402
+from image_classifier.augment import Normalize  # noqa: E402
+from image_classifier.config import parse_config  # noqa: E402
+from image_classifier.data import load_data  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="outputs/cifar10", help="a finished run's folder (default outputs/cifar10)")
+    args = parser.parse_args()
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    folder = Path(args.model)
+    config = parse_config([str(folder / "training_config.json")])
+    data = load_data(config.data, seed=config.train.seed)
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(folder)
+    normalize = Normalize(processor.image_mean, processor.image_std)
+    view = data.eval_view("test")
+    labels = torch.as_tensor([view[i][1] for i in range(len(view))]).numpy()
+    with torch.inference_mode():
+        logits = torch.cat([model(pixel_values=normalize(view.images_at(range(s, min(s + 500, len(view)))))).logits
+                            for s in range(0, len(view), 500)]).numpy()
+    probs = metrics.softmax(logits)
+    run = json.loads((folder / "metrics.json").read_text())
+    single = run.get("test_accuracy_without_tta", run["test_accuracy"])
+    print(f"model   {folder}: {model.config.model_type}, single-view test accuracy {single:.4f} in metrics.json, "
+          f"{(probs.argmax(1) == labels).mean():.4f} recomputed here, on {len(labels):,} test images")
+    print(f"host    {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+          f"the run trained {run['train_seconds']:.1f} s on {run.get('hardware')}")
+    writers = {"top_losses.png": lambda p: interpretation.write_top_losses(model, normalize, view, labels, probs,
+                                                                         data.class_names, p),
+               "gradcam.png": lambda p: interpretation.write_cam_grid(model, normalize, view, labels, probs,
+                                                                     data.class_names, p),
+               "filters.png": lambda p: interpretation.write_filters(model, p)}
+    total = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, write in writers.items():
+            start = time.perf_counter()
+            write(Path(tmp) / name)
+            seconds = time.perf_counter() - start
+            total += seconds
+            print(f"  {name:16s} {seconds:6.2f} s")
+    print(f"interpretation plots {total:.2f} s = {100 * total / run['train_seconds']:.2f} % of the run's "
+          f"{run['train_seconds']:.1f} s of training")
+
+
+if __name__ == "__main__":
+    main()
