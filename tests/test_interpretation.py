@@ -60,6 +60,9 @@ def test_grad_cam_puts_most_of_its_mass_on_the_corner_that_decides_the_class(cor
     assert maps.min() >= 0 and maps.max() <= 1
     corner = maps[:, :16, :16].sum(axis=(1, 2)) / maps.sum(axis=(1, 2))        # the quadrant holding the patch
     assert corner.mean() > 0.6, corner.mean()
+    for method in ("gradcam++", "scorecam"):                   # the library's other methods, through the same call
+        other_maps, _ = grad_cam(model, images[:16], method=method)
+        assert (other_maps[:, :16, :16].sum(axis=(1, 2)) / other_maps.sum(axis=(1, 2))).mean() > 0.6, method
     # Asking for another class than the predicted one gives another map.
     others, _ = grad_cam(model, images[:4], targets=[(int(t) + 1) % 4 for t in labels[:4]])
     assert not np.allclose(others, maps[:4])
@@ -154,7 +157,7 @@ def test_explain_command_writes_overlay_feature_maps_and_top5_per_image(model_di
     assert Image.open(out / "a_2.gradcam.png").size == (48, 48)
     record = json.loads((out / "a.json").read_text())
     assert record["target"] == "dog" and len(record["predictions"]) == 4
-    assert "Grad-CAM of dog" in printed.out
+    assert "gradcam of dog" in printed.out
     assert main(["explain", str(images / "a.png"), "--model", str(model_dir), "--output_dir", str(out),
                  "--target_class", "zebra"]) == 2
     assert "no class 'zebra'" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from .inference import Predictor, model_info
 from .interpretation import Explainer, describe_filters
 from .model_folder import find_examples, find_latest_model, is_local_model
 
-__all__ = ["create_app", "build_app", "build_missing_model_app", "resolve_model", "image_input",
+__all__ = ["create_app", "build_app", "explain_image", "build_missing_model_app", "resolve_model", "image_input",
            "launch_kwargs", "LAUNCH_KWARGS", "QUEUE_KWARGS", "MAX_BATCH_FILES"]
 
 # Bounds on what one request may carry, and how many run at once (the Predictor batches them).
@@ -297,25 +297,10 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
         """An example clicked: its prediction and its explanation at once."""
         return (predict(image), *explain(image, ""))
 
-    def predict_files(files):
-        return _predict_files(predictor, files)
-
     explainer = Explainer(predictor)
 
     def explain(image, target):
-        """Where the network looks: the Grad-CAM overlay for `target` (default, or "": the top class), the feature
-        maps of each stage as (picture, caption) pairs, and a line naming the class the map explains."""
-        if image is None:
-            return None, [], ""
-        try:
-            explanation = explainer.explain(image, target or None, top_k=predictor.num_labels)
-        except ImageError as e:
-            raise refuse(str(e))
-        except ValueError as e:
-            raise refuse(str(e), title="Unknown class")
-        p = dict(explanation.top)[explanation.target]
-        return (explanation.overlay, explanation.feature_map_images(),
-                f"Where the network sees **{html.escape(explanation.target)}** (p = {p:.2f}); red: most")
+        return explain_image(explainer, image, target)
 
     with gr.Blocks(title=page_title) as demo:
         gr.Markdown(_header(info), elem_id="header")
@@ -323,14 +308,7 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
             with gr.Tab("Classify", id="classify"):
                 # made first so that the examples (left column) can name them; shown in the right column
                 label = gr.Label(num_top_classes=top_k, label="Prediction", elem_id="prediction", render=False)
-                target = gr.Dropdown(choices=[("the top class", ""), *predictor.labels], value="",
-                                     label="Show the evidence for", elem_id="explain-class", render=False)
-                cam_caption = gr.Markdown(elem_id="explain-caption", render=False)
-                cam = gr.Image(label="Grad-CAM", type="numpy", format="png", interactive=False, height=300,
-                               elem_id="explain-cam", render=False)
-                stages = gr.Gallery(label="Feature maps of each stage (the most active channels first)", columns=2,
-                                    height="auto", format="png", elem_id="feature-maps", render=False)
-                explained = [cam, stages, cam_caption]
+                view = _ExplainView(predictor.labels)
                 with gr.Row(equal_height=False, elem_id="classify-row"):
                     with gr.Column(scale=5, elem_id="input-column"):
                         image = image_input(label="Image", sources=["upload", "clipboard", "webcam"], height=360,
@@ -340,7 +318,7 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
                             run = gr.Button("Classify", variant="primary", size="lg", elem_id="classify-btn")
                         # under the image, where the eye already is (rather than below both columns)
                         if examples:
-                            gr.Examples(examples=[[str(p)] for p in examples], inputs=image, outputs=[label, *explained],
+                            gr.Examples(examples=[[str(p)] for p in examples], inputs=image, outputs=[label, *view.outputs],
                                         fn=predict_example, run_on_click=True, cache_examples=False,
                                         examples_per_page=20, label="Examples from the test set: click one",
                                         api_visibility="private", elem_id="examples")
@@ -348,36 +326,77 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
                             gr.Markdown("*This model folder has no `examples/`: upload an image of your own.*")
                     with gr.Column(scale=4, elem_id="result-column"):
                         label.render()
-                        with gr.Accordion("Explain: where the network looks", open=True, elem_id="explain"):
-                            for component in (target, cam_caption, cam, stages):
-                                component.render()
+                        view.render()
                         gr.HTML(_model_card(info, predictor), elem_id="model-card")
                         gr.Image(value=explainer.filters(), label="First-layer filters", type="numpy", format="png",
                                  interactive=False, height=180, elem_id="filters")
                         gr.Markdown(f"<small>{html.escape(describe_filters(predictor.model))}</small>",
                                     elem_id="filters-caption")
-                clear.add([image, label, *explained])
+                clear.add([image, label, *view.outputs])
             with gr.Tab("Batch", id="batch"):
-                gr.Markdown(f"Classify up to {MAX_BATCH_FILES} image files at once; files that are not images "
-                            "are listed with the reason instead of a prediction.")
-                with gr.Row():
-                    files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
-                                    label="Images", height=200, elem_id="batch-files")
-                batch_run = gr.Button("Classify all", variant="primary", size="lg", elem_id="batch-btn")
-                table = gr.Dataframe(headers=_TABLE_HEADERS, datatype=["str", "str", "number", "str", "str"],
-                                     interactive=False, label="Predictions", wrap=True, elem_id="batch-table",
-                                     column_widths=["20%", "14%", "14%", "26%", "26%"])
-                csv_file = gr.File(label="Download all class probabilities (CSV)", interactive=False,
-                                   height=80, elem_id="batch-csv")
+                _batch_tab(predictor)
         # The explanation follows each prediction that succeeded (one error toast for an unreadable upload), and
         # each class picked.
+        explain_inputs = [image, view.target]
         run.click(predict, inputs=image, outputs=label, api_name="predict").success(
-            explain, inputs=[image, target], outputs=explained, api_name="explain")
+            explain, inputs=explain_inputs, outputs=view.outputs, api_name="explain")
         image.upload(predict_on_upload, inputs=image, outputs=label, api_visibility="private").success(
-            explain, inputs=[image, target], outputs=explained, api_visibility="private")
-        target.change(explain, inputs=[image, target], outputs=explained, api_visibility="private")
-        batch_run.click(predict_files, inputs=files, outputs=[table, csv_file], api_name="predict_batch")
+            explain, inputs=explain_inputs, outputs=view.outputs, api_visibility="private")
+        view.target.change(explain, inputs=explain_inputs, outputs=view.outputs, api_visibility="private")
     return demo.queue(**QUEUE_KWARGS)
+
+
+def _batch_tab(predictor: Predictor) -> None:
+    """The Batch tab: many files in, a table and a CSV of every class probability out (API `predict_batch`)."""
+    gr.Markdown(f"Classify up to {MAX_BATCH_FILES} image files at once; files that are not images "
+                "are listed with the reason instead of a prediction.")
+    with gr.Row():
+        files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
+                        label="Images", height=200, elem_id="batch-files")
+    batch_run = gr.Button("Classify all", variant="primary", size="lg", elem_id="batch-btn")
+    table = gr.Dataframe(headers=_TABLE_HEADERS, datatype=["str", "str", "number", "str", "str"],
+                         interactive=False, label="Predictions", wrap=True, elem_id="batch-table",
+                         column_widths=["20%", "14%", "14%", "26%", "26%"])
+    csv_file = gr.File(label="Download all class probabilities (CSV)", interactive=False,
+                       height=80, elem_id="batch-csv")
+    batch_run.click(lambda paths: _predict_files(predictor, paths), inputs=files, outputs=[table, csv_file],
+                    api_name="predict_batch")
+
+
+class _ExplainView:
+    """The Explain view's components: made before the layout (the examples name them as outputs), rendered under
+    the prediction. Outputs: the Grad-CAM overlay, the feature-map grids, the line naming the class explained."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.target = gr.Dropdown(choices=[("the top class", ""), *labels], value="", label="Show the evidence for",
+                                  elem_id="explain-class", render=False)
+        self.caption = gr.Markdown(elem_id="explain-caption", render=False)
+        self.cam = gr.Image(label="Grad-CAM", type="numpy", format="png", interactive=False, height=300,
+                            elem_id="explain-cam", render=False)
+        self.stages = gr.Gallery(label="Feature maps of each stage (the most active channels first)", columns=2,
+                                 height="auto", format="png", elem_id="feature-maps", render=False)
+        self.outputs = [self.cam, self.stages, self.caption]
+
+    def render(self) -> None:
+        with gr.Accordion("Explain: where the network looks", open=True, elem_id="explain"):
+            for component in (self.target, self.caption, self.cam, self.stages):
+                component.render()
+
+
+def explain_image(explainer: Explainer, image, target: Optional[str]):
+    """The Explain view for one image: the Grad-CAM overlay for `target` ("" or None: the top class), the feature
+    maps of each stage as (picture, caption) pairs, and a line naming the class the map explains."""
+    if image is None:
+        return None, [], ""
+    try:
+        explanation = explainer.explain(image, target or None, top_k=len(explainer.labels))
+    except ImageError as e:
+        raise refuse(str(e))
+    except ValueError as e:
+        raise refuse(str(e), title="Unknown class")
+    p = dict(explanation.top)[explanation.target]
+    return (explanation.overlay, explanation.feature_map_images(),
+            f"Where the network sees **{html.escape(explanation.target)}** (p = {p:.2f}); red: most")
 
 
 _TABLE_HEADERS = ["file", "prediction", "probability", "top 3", "error"]

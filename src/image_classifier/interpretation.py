@@ -33,6 +33,9 @@ __all__ = ["stage_layers", "stage_name", "first_conv", "describe_filters", "grad
            "write_filters", "add_explain_command", "explain_command"]
 
 CAM_BATCH = 32          # images per Grad-CAM pass: bounds the activations kept for the backward pass
+# --method NAME -> pytorch-grad-cam's class. Score-CAM runs a forward pass per channel of the last stage (192 for
+# cnn-fast, 512 for resnet18): seconds per 32x32 image and minutes per 224x224 on a CPU, so never the default.
+CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM"}
 MAX_CHANNELS = 32       # feature maps shown per stage, the most active first
 MIN_TILE = 40           # px: small maps (3x3 at the last stage of a 32x32 input) are enlarged to at least this
 OUTSIDE_DIM = 0.35      # brightness of the parts of a photo the processor cropped away (the model never saw them)
@@ -75,17 +78,20 @@ class _Logits(nn.Module):
         return self.model(pixel_values=pixels).logits.float()
 
 
-def grad_cam(model: nn.Module, pixels: torch.Tensor,
-             targets: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM of the last stage: maps (N, H, W) float32 in [0, 1] at the input's size (H, W), and the logits
-    (N, K). pixels: normalized float (N, C, H, W); targets: the class id to explain per image, default the
-    predicted one. The model is left in eval mode (BatchNorm uses its running statistics, as in inference)."""
-    from pytorch_grad_cam import GradCAM
+def grad_cam(model: nn.Module, pixels: torch.Tensor, targets: Optional[Sequence[int]] = None,
+             method: str = "gradcam") -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM (or another of `CAM_METHODS`) of the last stage: maps (N, H, W) float32 in [0, 1] at the input's
+    size (H, W), and the logits (N, K). pixels: normalized float (N, C, H, W); targets: the class id to explain per
+    image, default the predicted one. The model is left in eval mode (BatchNorm uses its running statistics)."""
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    if method not in CAM_METHODS:
+        raise ValueError(f"no CAM method {method!r}; one of {', '.join(CAM_METHODS)}")
     layer = stage_layers(model)[-1][1]
     maps, logits = [], []
-    with torch.enable_grad(), GradCAM(model=_Logits(model), target_layers=[layer]) as cam:
+    cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
+    with torch.enable_grad(), cam_class(model=_Logits(model), target_layers=[layer]) as cam:
         cam.compute_input_gradient = True    # the input's gradient: the maps exist even where every weight is frozen
         for start in range(0, len(pixels), CAM_BATCH):
             chosen = None if targets is None else [ClassifierOutputTarget(int(t))
@@ -275,14 +281,15 @@ class Explainer:
             return int(target)
         raise ValueError(f"no class {target!r}: this model's classes are {', '.join(self.labels)}")
 
-    def explain(self, image: ImageLike, target: Optional[str | int] = None, top_k: int = 5) -> Explanation:
-        """Grad-CAM for `target` (default: the top class), the feature maps and the top-k of one image.
-        Raises ImageError for an input that is not an image."""
+    def explain(self, image: ImageLike, target: Optional[str | int] = None, top_k: int = 5,
+                method: str = "gradcam") -> Explanation:
+        """Grad-CAM (or `method`, one of CAM_METHODS) for `target` (default: the top class), the feature maps and the
+        top-k of one image. Raises ImageError for an input that is not an image."""
         picture = load_image(image)
         target_id = self.class_id(target)
         pixels = self.predictor.preprocess([picture]).to(next(self.model.parameters()).device)
         with self._lock:
-            cams, logits = grad_cam(self.model, pixels, None if target_id is None else [target_id])
+            cams, logits = grad_cam(self.model, pixels, None if target_id is None else [target_id], method)
             stages = feature_maps(self.model, pixels)
         probs = torch.softmax(torch.from_numpy(logits[0]).float(), dim=0).numpy()     # as the Predictor computes them
         order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, len(self.labels)))]
@@ -386,6 +393,9 @@ def add_explain_command(subparsers) -> None:
                         help="the class whose evidence the map shows (default: each image's top class)")
     parser.add_argument("--output_dir", default="explanations", help="folder for the pictures (default explanations)")
     parser.add_argument("--top_k", type=int, default=5, help="classes listed per image (default 5)")
+    parser.add_argument("--method", default="gradcam", choices=list(CAM_METHODS),
+                        help="gradcam (default), gradcam++, or scorecam (a forward pass per channel: seconds per "
+                             "small image, minutes per photo on a CPU)")
     parser.set_defaults(run=explain_command)
 
 
@@ -416,7 +426,7 @@ def explain_command(args) -> int:
         write_filters(explainer.model, out / "filters.png")
         for path in paths:
             try:
-                explanation = explainer.explain(path, args.target_class, top_k=args.top_k)
+                explanation = explainer.explain(path, args.target_class, top_k=args.top_k, method=args.method)
             except ImageError as error:
                 print(f"error: {path}: {error}", file=sys.stderr)
                 status = 1
@@ -426,11 +436,11 @@ def explain_command(args) -> int:
                 Image.fromarray(explanation.overlay).save(tmp, format="PNG")
             plots.plot_feature_maps(explanation.feature_map_images(), out / f"{stem}.feature_maps.png",
                                     title=f"{Path(path).name}: the output of each stage")
-            record = {"file": path, "target": explanation.target,
+            record = {"file": path, "target": explanation.target, "method": args.method,
                       "predictions": [{"label": label, "score": round(p, 6)} for label, p in explanation.top]}
             write_json(out / f"{stem}.json", record)
             print(f"{path}\t" + "\t".join(f"{label} {p:.3f}" for label, p in explanation.top)
-                  + f"\tGrad-CAM of {explanation.target}: {out / stem}.gradcam.png")
+                  + f"\t{args.method} of {explanation.target}: {out / stem}.gradcam.png")
     return status
 
 
