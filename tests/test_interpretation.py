@@ -109,6 +109,16 @@ def test_the_overlay_covers_what_the_photo_processor_keeps_and_dims_the_rest():
     assert visible_box(squash, 500, 375) == (0, 0, 500, 375)
 
 
+def test_an_empty_map_is_called_empty_not_drawn_as_evidence():
+    from image_classifier.interpretation import Explanation
+
+    picture = Image.new("RGB", (8, 8))
+    found = Explanation(picture, [("cat", 0.9), ("dog", 0.1)], "cat", np.eye(4, dtype=np.float32), None, [])
+    empty = Explanation(picture, [("cat", 0.9), ("dog", 0.1)], "dog", np.zeros((4, 4), np.float32), None, [])
+    assert found.describe() == "Where the network sees **cat** (p = 0.90); red: most"
+    assert empty.describe().startswith("Nothing in this image raises the score of **dog** (p = 0.10)")
+
+
 def test_top_losses_are_the_mistakes_ranked_by_loss():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.45, 0.55], [0.01, 0.99]])
     labels = np.array([0, 0, 0, 1])

@@ -394,9 +394,7 @@ def explain_image(explainer: Explainer, image, target: Optional[str]):
         raise refuse(str(e))
     except ValueError as e:
         raise refuse(str(e), title="Unknown class")
-    p = dict(explanation.top)[explanation.target]
-    return (explanation.overlay, explanation.feature_map_images(),
-            f"Where the network sees **{html.escape(explanation.target)}** (p = {p:.2f}); red: most")
+    return explanation.overlay, explanation.feature_map_images(), explanation.describe()
 
 
 _TABLE_HEADERS = ["file", "prediction", "probability", "top 3", "error"]

@@ -243,6 +243,19 @@ class Explanation:
     overlay: np.ndarray                            # uint8 (image height, image width, 3)
     stages: list[tuple[str, np.ndarray]]           # (stage name, (C, h, w) activations)
 
+    @property
+    def probability(self) -> float:
+        """The model's probability of the class the map explains."""
+        return dict(self.top).get(self.target, float("nan"))
+
+    def describe(self) -> str:
+        """One line on what the map shows, for a caption: an empty map (no part of the image raises that class's
+        score, as for a class the model rules out) is said to be empty rather than drawn as a blue image."""
+        if not self.cam.max() > 0:
+            return (f"Nothing in this image raises the score of **{self.target}** (p = {self.probability:.2f}): "
+                    "the map is empty")
+        return f"Where the network sees **{self.target}** (p = {self.probability:.2f}); red: most"
+
     def feature_map_images(self) -> list[tuple[np.ndarray, str]]:
         """(grid, caption) per stage, for a gallery: 'blocks.0: 48 channels, 15x15 (the 32 most active)'."""
         out = []
@@ -440,7 +453,8 @@ def explain_command(args) -> int:
                       "predictions": [{"label": label, "score": round(p, 6)} for label, p in explanation.top]}
             write_json(out / f"{stem}.json", record)
             print(f"{path}\t" + "\t".join(f"{label} {p:.3f}" for label, p in explanation.top)
-                  + f"\t{args.method} of {explanation.target}: {out / stem}.gradcam.png")
+                  + f"\t{args.method} of {explanation.target}: {out / stem}.gradcam.png"
+                  + ("" if explanation.cam.max() > 0 else " (empty: nothing in the image raises its score)"))
     return status
 
 
