@@ -128,7 +128,7 @@ def build_model_folder(out: Path, class_names=CLASS_NAMES, image_size: int = IMA
         (out / name).write_text(json.dumps(value, indent=2) + "\n")
 
     (out / "plots").mkdir(exist_ok=True)
-    for i, name in enumerate(("learning_curves", "confusion_matrix", "top_losses", "gradcam", "filters", "samples",
+    for i, name in enumerate(("learning_curves", "confusion_matrix", "reliability", "top_losses", "gradcam", "filters", "samples",
                               "class_distribution", "augmentation")):
         Image.fromarray(rng.integers(0, 255, size=(24, 32, 3), dtype=np.uint8)).save(out / "plots" / f"{name}.png")
     # What must never be pushed: Accelerate states, TensorBoard logs, hidden and temporary files.

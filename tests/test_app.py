@@ -8,6 +8,7 @@ with the reason when it is absent. It leaves a screenshot in test-artifacts/app.
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 import os
 import shutil
@@ -225,6 +226,23 @@ def test_the_model_panel_shows_names_and_hub_ids_never_server_paths(served, tmp_
     demo, _ = create_app(str(folder), device="cpu")
     card = _model_card_html(demo)
     assert "<code>someone/cifar10-cnn</code>" in card and str(tmp_path) not in card
+
+
+def test_a_calibrated_model_says_so_and_the_panel_shows_its_calibration_and_robustness(served, tmp_path):
+    folder = tmp_path / "calibrated"
+    shutil.copytree(served.folder, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.update(temperature=1.42, test_ece=0.0093, test_ece_uncalibrated=0.0412, mean_corruption_accuracy=0.713,
+                   worst_corruption={"name": "gaussian_noise", "mean_accuracy": 0.452})
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    demo, _ = create_app(str(folder), device="cpu")
+    card = _model_card_html(demo)
+    assert "temperature 1.42" in card and "expected calibration error 0.9 % on the test split (4.1 % before)" in card
+    assert "71.3 % mean accuracy under common corruptions" in card and "worst: gaussian noise 45.2 %" in card
+    labels = [c["props"].get("label") for c in demo.get_config_file()["components"]
+              if c["props"].get("elem_id") == "prediction"]
+    assert labels == ["Prediction (calibrated probabilities)"]
+    assert "Calibration" not in _model_card_html(served.demo)          # an uncalibrated model claims nothing
 
 
 def test_a_refused_upload_logs_one_line_not_a_traceback(served, client, caplog, capfd):

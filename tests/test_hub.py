@@ -25,7 +25,7 @@ REPO = f"{USER}/tiny-cnn"
 MODEL_FILES = {"config.json", "model.safetensors", "preprocessor_config.json", "configuration_small_cnn.py",
                "modeling_small_cnn.py", "training_config.json", "metrics.json", "history.json",
                "data_summary.json", "model_summary.txt", "README.md"}
-PLOTS = {f"plots/{n}.png" for n in ("learning_curves", "confusion_matrix", "top_losses", "gradcam", "filters", "samples",
+PLOTS = {f"plots/{n}.png" for n in ("learning_curves", "confusion_matrix", "reliability", "top_losses", "gradcam", "filters", "samples",
                                     "class_distribution", "augmentation")}
 RETRY = "python -m image_classifier push"
 

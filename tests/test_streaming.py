@@ -160,7 +160,7 @@ def test_a_photo_run_writes_every_file_and_pipeline_scores_what_metrics_json_say
     assert "The best epoch is picked by validation accuracy" in done.stdout
     assert "Memory: a training step at batch 12 and 32x32 needs about" in done.stdout
     for name in ("metrics.json", "model.safetensors", "config.json", "preprocessor_config.json", "README.md",
-                 "training_config.json", "data_summary.json", "history.json", "plots/top_losses.png", "plots/gradcam.png", "plots/filters.png",
+                 "training_config.json", "data_summary.json", "history.json", "plots/reliability.png", "plots/top_losses.png", "plots/gradcam.png", "plots/filters.png",
                  "plots/augmentation.png", "plots/samples.png"):
         assert (out / name).is_file(), name
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))

@@ -4,6 +4,7 @@
     python -m image_classifier deploy-space --space_id USER/NAME --hub_model_id USER/MODEL [--private] [--hub_token T]
     python -m image_classifier predict IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--top_k K] [--json]
     python -m image_classifier explain IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--target_class NAME] [--output_dir DIR]
+    python -m image_classifier robustness --model OUTPUT_DIR [--num_images N] [--output_dir DIR]
 
 Adding a command: write `_add_NAME(subparsers)` that adds a sub-parser with `set_defaults(run=fn)`,
 where `fn(args) -> int` is the exit status, and append it to `COMMANDS`. Errors a user can fix
@@ -68,8 +69,14 @@ def _add_explain(subparsers) -> None:
     add_explain_command(subparsers)
 
 
+def _add_robustness(subparsers) -> None:
+    from .robustness import add_robustness_command
+
+    add_robustness_command(subparsers)
+
+
 # Each adds one sub-command.
-COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict, _add_explain]
+COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict, _add_explain, _add_robustness]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -227,6 +227,17 @@ def _model_card(info: dict[str, Any], predictor: Predictor) -> str:
     if "image_size" in info:
         kind = {1: "grayscale", 3: "RGB"}.get(info.get("num_channels"), "")
         facts.append(("Input", esc(f"{info['image_size']}×{info['image_size']} {kind}".strip())))
+    if "temperature" in info and "test_ece" in info:
+        facts.append(("Calibration", esc(f"temperature {float(info['temperature']):.2f}, folded into the classifier: "
+                                         f"expected calibration error {100 * float(info['test_ece']):.1f} % on the "
+                                         f"test split ({100 * float(info.get('test_ece_uncalibrated', 0)):.1f} % "
+                                         "before)")))
+    if "mean_corruption_accuracy" in info:
+        worst = info.get("worst_corruption") or {}
+        facts.append(("Robustness", esc(f"{_percent(info['mean_corruption_accuracy'])} mean accuracy under common "
+                                        "corruptions (noise, blur, fog, contrast, JPEG...); worst: "
+                                        f"{str(worst.get('name', '?')).replace('_', ' ')} "
+                                        f"{_percent(worst.get('mean_accuracy'))}")))
     if "architecture" in info:     # timm models
         facts.append(("Architecture", f"<code>{esc(str(info['architecture']))}</code>"))
     if "num_parameters" in info:
@@ -307,7 +318,9 @@ def build_app(predictor: Predictor, title: Optional[str] = None) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Classify", id="classify"):
                 # made first so that the examples (left column) can name them; shown in the right column
-                label = gr.Label(num_top_classes=top_k, label="Prediction", elem_id="prediction", render=False)
+                calibrated = "temperature" in info            # its probabilities were calibrated (temperature scaling)
+                label = gr.Label(num_top_classes=top_k, elem_id="prediction", render=False,
+                                 label="Prediction (calibrated probabilities)" if calibrated else "Prediction")
                 view = _ExplainView(predictor.labels)
                 with gr.Row(equal_height=False, elem_id="classify-row"):
                     with gr.Column(scale=5, elem_id="input-column"):

@@ -313,7 +313,28 @@ def _results_context(metrics: dict[str, Any], class_names: list[str]) -> dict[st
         "test_accuracy_without_tta": _num(metrics["test_accuracy_without_tta"])
         if "test_accuracy_without_tta" in metrics else None,
         "test_samples": _num(metrics.get("test_num_samples")) if metrics.get("test_num_samples") else None,
+        "calibration": _calibration(metrics),
+        "robustness": {"mean": _percent(metrics["mean_corruption_accuracy"]),
+                       "images": _num(metrics.get("robustness_num_images")),
+                       "clean": _percent(metrics.get("robustness_clean_accuracy")),
+                       "worst": metrics["worst_corruption"]["name"].replace("_", " "),
+                       "worst_accuracy": _percent(metrics["worst_corruption"]["mean_accuracy"])}
+        if "mean_corruption_accuracy" in metrics else None,
     }
+
+
+def _calibration(metrics: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Temperature scaling's figures, before and after (None for a run with --calibrate false)."""
+    if "temperature" not in metrics:
+        return None
+    rows = [(label, fmt(metrics.get(f"test_{key}_uncalibrated")), fmt(metrics.get(f"test_{key}")))
+            for key, label, fmt in (("ece", "Expected calibration error (15 bins)", _percent),
+                                    ("nll", "Negative log-likelihood", _num), ("brier", "Brier score", _num))]
+    return {"temperature": f"{metrics['temperature']:.3f}", "rows": rows}
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, (int, float)) else "?"
 
 
 def _training_context(run: dict[str, Any]) -> dict[str, Any]:

@@ -445,6 +445,23 @@ class TrainingArguments:
                                         "Applies only where horizontal flips are on (not for digits). Default: "
                                         "flip_translate on the resident path, none on the streaming path (as timm)."}
     )
+    calibrate: bool = field(
+        default=True, metadata={"help": "Fit a temperature T on the validation split's logits (Guo et al., 2017) and "
+                                        "fold it into the classifier (its weights and bias divided by T): the saved "
+                                        "model, pipeline() and the app give calibrated probabilities; accuracy is "
+                                        "unchanged. metrics.json and the card report ECE, NLL and Brier before and "
+                                        "after."}
+    )
+    robustness_report: bool = field(
+        default=False, metadata={"help": "After training, score the test split under 13 common corruptions at 5 "
+                                         "severities (CIFAR-10-C style, robustness.py) and write robustness.json and "
+                                         "plots/robustness.png: about 65 extra passes over --robustness_samples "
+                                         "images (a fifth more time for the CIFAR-10 default, so off by default; "
+                                         "`python -m image_classifier robustness --model DIR` does it later)."}
+    )
+    robustness_samples: int = field(
+        default=2000, metadata={"help": "Test images (the first ones) scored under each corruption and severity."}
+    )
     tta_each_epoch: bool = field(
         default=False, metadata={"help": "Use --tta in the validation after every epoch too (learning curves, best-epoch "
                                          "choice, early stopping): flip_translate scores 6 views per image there, "

@@ -270,8 +270,9 @@ def model_info(model_dir_or_id: str | os.PathLike, revision: Optional[str] = Non
 
     Keys: source, dataset, class_names, num_classes, test_accuracy, test_f1, test_loss,
     test_num_samples, image_size, num_channels, model_type, architecture (timm models: 'timm/NAME'),
-    num_parameters, hardware, train_seconds, epochs_trained, hub_model_id (a local run that names its Hub
-    repo). Read from metrics.json, data_summary.json, config.json and training_config.json; never raises.
+    num_parameters, hardware, train_seconds, epochs_trained, temperature, test_ece, test_ece_uncalibrated
+    (a calibrated model), mean_corruption_accuracy and worst_corruption (--robustness_report), hub_model_id (a local run that names its Hub repo). Read from metrics.json,
+    data_summary.json, config.json and training_config.json; never raises.
     """
     hub_kwargs = {"revision": revision, "token": token}
     source = os.fspath(model_dir_or_id)
@@ -299,7 +300,8 @@ def model_info(model_dir_or_id: str | os.PathLike, revision: Optional[str] = Non
         info["class_names"] = [str(c) for c in classes]
         info["num_classes"] = len(classes)
     for key in ("test_accuracy", "test_f1", "test_loss", "test_num_samples", "num_parameters", "hardware",
-                "train_seconds", "epochs_trained"):
+                "train_seconds", "epochs_trained", "temperature", "test_ece", "test_ece_uncalibrated",
+                "mean_corruption_accuracy", "worst_corruption"):
         value = metrics.get(key)
         if value is not None:
             info[key] = value

@@ -5,6 +5,7 @@ A run's OUTPUT_DIR is a model folder in the Hub's `save_pretrained` format plus 
     config.json, model.safetensors, preprocessor_config.json   the model (and its code, for the small CNN)
     training_config.json, data_summary.json, model_summary.txt  what went in
     metrics.json, history.json                                  what came out; metrics.json marks a finished model
+    robustness.json                                             optional: accuracy under corruptions
     plots/NAME.png, examples/CLASS_I.png, README.md             optional: a failure there is a warning
     checkpoints/step_NNNNNNNN                                   Accelerate states (--resume_from_checkpoint)
 
@@ -27,7 +28,7 @@ from .files import atomic_path, looks_like_local_path, remove_leftovers, replace
 from .images import IMAGE_SUFFIXES, read_image
 
 __all__ = ["CONFIG", "WEIGHTS", "WEIGHT_FILES", "PROCESSOR", "TRAINING_CONFIG", "DATA_SUMMARY", "MODEL_SUMMARY",
-           "METRICS", "HISTORY", "CARD", "PLOTS", "EXAMPLES", "CHECKPOINTS", "PLOT_NAMES", "plot_file",
+           "METRICS", "HISTORY", "ROBUSTNESS", "CARD", "PLOTS", "EXAMPLES", "CHECKPOINTS", "PLOT_NAMES", "plot_file",
            "is_local_model", "is_finished", "read_json", "find_latest_model", "find_examples", "write_model_folder",
            "save_examples", "clean_leftovers", "clear_finished_run"]
 
@@ -40,14 +41,15 @@ DATA_SUMMARY = "data_summary.json"
 MODEL_SUMMARY = "model_summary.txt"
 METRICS = "metrics.json"            # the finished marker: written right after the weights
 HISTORY = "history.json"
+ROBUSTNESS = "robustness.json"      # --robustness_report: accuracy under corruptions (robustness.py)
 CARD = "README.md"
 PLOTS = "plots"
 EXAMPLES = "examples"
 CHECKPOINTS = "checkpoints"
 SAVE_PREFIX = ".save-"              # the temporary folder the weights are written into before they move into place
-# plots/NAME.png: the exploration's three, the evaluation's three, then what the network looks at (interpretation).
-PLOT_NAMES = ("samples", "class_distribution", "augmentation", "learning_curves", "confusion_matrix", "top_losses",
-              "gradcam", "filters")
+# plots/NAME.png: the exploration's three, the evaluation's three (and calibration's), then what the network looks at.
+PLOT_NAMES = ("samples", "class_distribution", "augmentation", "learning_curves", "confusion_matrix", "reliability",
+              "robustness", "top_losses", "gradcam", "filters")
 
 
 def plot_file(out: str | os.PathLike, name: str) -> Path:

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from .files import atomic_path  # noqa: E402
 
 __all__ = ["plot_samples", "plot_class_distribution", "plot_augmentation", "plot_learning_curves",
-           "plot_confusion_matrix", "plot_top_losses", "plot_cam_grid", "plot_picture", "plot_feature_maps"]
+           "plot_confusion_matrix", "plot_reliability", "plot_robustness", "plot_top_losses", "plot_cam_grid", "plot_picture", "plot_feature_maps"]
 
 DPI = 120
 
@@ -162,6 +162,51 @@ def plot_confusion_matrix(matrix: Any, class_names: Sequence[str], path: str | o
             for (i, j), v in np.ndenumerate(values):
                 ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7 if k > 10 else 9,
                         color="white" if v > threshold else "black")
+    _save(fig, path)
+
+
+def plot_reliability(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], ece_before: float,
+                     ece_after: float, temperature: float, path: str | os.PathLike) -> None:
+    """Reliability diagram: accuracy against confidence per bin (`calibration.reliability_bins`), before and after
+    temperature scaling, over the diagonal of perfect calibration; beneath, how many predictions each bin holds."""
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(6, 6.4), height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], "--", color="0.5", label="perfectly calibrated")
+    for bins, name, colour, marker in ((before, f"before: ECE {100 * ece_before:.2f} %", "tab:red", "s"),
+                                       (after, f"after T = {temperature:.3f}: ECE {100 * ece_after:.2f} %", "tab:blue",
+                                        "o")):
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker=marker, color=colour, label=name)
+        counts.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins],
+                   width=(1 / 15) * 0.45, color=colour, alpha=0.7, align="edge" if colour == "tab:blue" else "center")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("Reliability on the test split (one view per image, 15 bins)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    counts.set_xlabel("confidence (probability of the predicted class)")
+    counts.set_ylabel("images")
+    counts.set_yscale("log")
+    counts.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_robustness(report: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Accuracy under each corruption (rows) at each severity (columns), as a heat map with the numbers, titled
+    with the clean accuracy and the mean over all corruptions and severities."""
+    names = list(report["accuracy"])
+    table = 100 * np.array([report["accuracy"][n] for n in names])
+    fig, ax = plt.subplots(figsize=(6.5, 0.42 * len(names) + 1.6))
+    image = ax.imshow(table, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03, label="accuracy (%)")
+    for (i, j), value in np.ndenumerate(table):
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(table.shape[1]))
+    ax.set_xticklabels([f"severity {s}" for s in range(1, table.shape[1] + 1)], fontsize=8)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([n.replace("_", " ") for n in names], fontsize=8)
+    ax.set_title(f"Accuracy under corruptions ({report['num_images']:,} test images): clean "
+                 f"{100 * report['clean_accuracy']:.1f} %, mean {100 * report['mean_corruption_accuracy']:.1f} %",
+                 fontsize=9)
     _save(fig, path)
 
 

@@ -7,6 +7,7 @@ runs this; only the main process writes files or pushes.
 from __future__ import annotations
 
 import platform
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,14 +18,16 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from . import data as data_stage
-from . import card, engine, explore, hub, interpretation, metrics, model_folder, models, plots, recipes
+from . import (calibration, card, engine, explore, hub, interpretation, metrics, model_folder, models, plots, recipes,
+               robustness)
 from .augment import BatchAugment, Normalize, build_batch_mix
 from .config import Config, ConfigError, save_config, training_on_cuda
-from .files import check_writable, disk_full_is_an_error, write_text
+from .files import check_writable, disk_full_is_an_error, write_json, write_text
 from .interrupt import StopOnSignal, resume_command
 from .transforms import build_photo_processor
 
-__all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "train_model", "evaluate_model", "predict_float32", "check_output_dir",
+__all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "train_model", "evaluate_model",
+           "calibrate_model", "measure_robustness", "predict_float32", "check_output_dir",
            "describe_hardware", "save_model_folder"]
 
 
@@ -109,9 +112,14 @@ def run(config: Config) -> Optional[dict[str, Any]]:
                              accelerator, stop=stop)
     model = engine.plain_model(accelerator, result.model)
     results, test_predictions = evaluate_model(model, normalize, data, result, config, accelerator)
+    report = measure_robustness(model, normalize, data, config, accelerator) if config.train.robustness_report else None
+    if report is not None:
+        results.update(mean_corruption_accuracy=report["mean_corruption_accuracy"],
+                       worst_corruption=report["worst_corruption"], robustness_num_images=report["num_images"],
+                       robustness_clean_accuracy=report["clean_accuracy"])
 
     if accelerator.is_main_process:
-        save_model_folder(model, normalize, data, result.state, results, test_predictions, out)
+        save_model_folder(model, normalize, data, result.state, results, test_predictions, out, report)
     accelerator.wait_for_everyone()
     if config.train.report_to != "none":
         accelerator.end_training()
@@ -148,20 +156,27 @@ def describe_recipe(config: Config, accelerator: Accelerator) -> str:
 
 def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData",
                    result: "engine.FitResult", config: Config, accelerator: Accelerator):
-    """The metrics.json values and the test (logits, labels) of the trained network.
+    """The metrics.json values and the test (logits, labels) of the trained network, calibrated first (--calibrate).
 
     Validation and test are scored every sample exactly once, in float32: the network as it is saved and as
     pipeline() and the app run it (bf16 logits differ in the last digits).
     """
     results: dict[str, Any] = {}
+    # One view per image, as pipeline() and the app see it: calibration is fitted and reported on these.
+    single = {split: predict_float32(model, data.tensors[split], normalize, accelerator, config)
+              for split in ("validation", "test")}
+    if config.train.calibrate:
+        results.update(calibrate_model(model, single))
+        temperature = results["temperature"]
+        single = {split: (logits / temperature, labels) for split, (logits, labels) in single.items()}
     predictions = {}
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        predictions[split] = predict_float32(model, data.tensors[split], normalize, accelerator, config, result.tta)
+        predictions[split] = (single[split] if result.tta == "none" else
+                              predict_float32(model, data.tensors[split], normalize, accelerator, config, result.tta))
         results.update(metrics.compute_metrics(*predictions[split], data.class_names, prefix=prefix))
     results["tta"] = result.tta
     if result.tta != "none":    # what pipeline() and the app see: one view per image
-        plain = predict_float32(model, data.tensors["test"], normalize, accelerator, config)
-        results["test_accuracy_without_tta"] = metrics.compute_metrics(*plain, data.class_names)["accuracy"]
+        results["test_accuracy_without_tta"] = metrics.compute_metrics(*single["test"], data.class_names)["accuracy"]
     state = result.state
     results.update(train_seconds=round(state.train_seconds, 2), num_parameters=models.count_parameters(model),
                    epochs_trained=state.epoch, best_epoch=state.best_epoch, global_steps=state.global_step,
@@ -170,7 +185,47 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
     accelerator.print(
         f"test accuracy {results['test_accuracy']:.4f}  f1 {results['test_f1']:.4f}  loss {results['test_loss']:.4f}  "
         f"({results['test_num_samples']} images; best epoch {state.best_epoch}; {state.train_seconds:.1f}s training)")
+    if config.train.calibrate:
+        accelerator.print(f"calibration: temperature {results['temperature']:.3f} (folded into the classifier); test "
+                          f"ECE {100 * results['test_ece_uncalibrated']:.2f} % -> {100 * results['test_ece']:.2f} %, "
+                          f"NLL {results['test_nll_uncalibrated']:.4f} -> {results['test_nll']:.4f}")
     return results, predictions["test"]
+
+
+def calibrate_model(model: torch.nn.Module, single: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Fit a temperature on the validation logits and fold it into the model (`calibration.fold_temperature`).
+    `single`: one-view (logits, labels) per split, before. Returns the temperature, the test ECE/NLL/Brier before
+    (`_uncalibrated`) and after, and the reliability diagram's bins of both."""
+    temperature = calibration.fit_temperature(*single["validation"])
+    calibration.fold_temperature(model, temperature)
+    logits, labels = single["test"]
+    out: dict[str, Any] = {"temperature": temperature}
+    for suffix, scaled in (("_uncalibrated", logits), ("", logits / temperature)):
+        out.update({f"test_{k}{suffix}": v for k, v in calibration.calibration_metrics(scaled, labels).items()})
+        out[f"test_reliability{suffix}"] = calibration.reliability_bins(scaled, labels)
+    return out
+
+
+def measure_robustness(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData", config: Config,
+                       accelerator: Accelerator, num_images: Optional[int] = None) -> dict[str, Any]:
+    """`robustness.robustness_report` on the first --robustness_samples test images (uint8, as the model sees them),
+    scored in float32 like the evaluation. Every process computes it (the predictions are gathered)."""
+    view = data.eval_view("test")
+    items = [view[i] for i in range(min(len(view), num_images or config.train.robustness_samples))]
+    items = [(image, label) for image, label in items if label >= 0]       # not the undecodable (streaming path)
+    images, labels = torch.stack([image for image, _ in items]), np.array([label for _, label in items])
+
+    def predict(batch: torch.Tensor) -> np.ndarray:
+        dataset = torch.utils.data.TensorDataset(batch, torch.zeros(len(batch), dtype=torch.int64))
+        loader = accelerator.prepare(engine.build_loader(dataset, config.train.per_device_eval_batch_size, False, 0,
+                                                         persistent=False))
+        return engine.predict(model, loader, normalize, accelerator, mixed_precision=False)[0].argmax(axis=1)
+
+    started = time.perf_counter()
+    report = robustness.robustness_report(predict, images, labels, seed=config.train.seed)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    accelerator.print(robustness.describe(report))
+    return report
 
 
 def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.Module, Normalize]:
@@ -255,7 +310,8 @@ def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Normalize
 
 def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData",
                       state: "engine.TrainerState", results: dict[str, Any],
-                      test_predictions: tuple[np.ndarray, np.ndarray], out: Path) -> None:
+                      test_predictions: tuple[np.ndarray, np.ndarray], out: Path,
+                      robustness_report: Optional[dict[str, Any]] = None) -> None:
     """`model_folder.write_model_folder` with this run's weights, processor, evidence, plots, examples and card.
 
     A full disk is a `DiskFullError` that says how to finish the run from its last checkpoint.
@@ -275,6 +331,12 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
         (plot(".", "learning_curves"), lambda path: plots.plot_learning_curves(state.history, path)),
         (plot(".", "confusion_matrix"), lambda path: plots.plot_confusion_matrix(
             np.asarray(results["test_confusion_matrix"]), data.class_names, path)),
+        *([(plot(".", "reliability"), lambda path: plots.plot_reliability(
+            results["test_reliability_uncalibrated"], results["test_reliability"], results["test_ece_uncalibrated"],
+            results["test_ece"], results["temperature"], path))] if "temperature" in results else []),
+        *([(model_folder.ROBUSTNESS, lambda path: write_json(path, robustness_report)),
+           (plot(".", "robustness"), lambda path: plots.plot_robustness(robustness_report, path))]
+          if robustness_report else []),
         (plot(".", "top_losses"), lambda path: interpretation.write_top_losses(
             model, normalize, test_view, labels, probs, data.class_names, path)),
         (plot(".", "gradcam"), lambda path: interpretation.write_cam_grid(
