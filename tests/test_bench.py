@@ -147,3 +147,19 @@ def test_data_throughput_prints_rates_efficiency_and_memory(photo_folder, tmp_pa
     assert abs(figures["pipeline_efficiency"] - ratio) < 0.01 * ratio + 1e-3
     assert 0.1 < figures["peak_pss_gb_run"] < 20 and figures["cache_written_mb"] < 100
     assert "pipeline efficiency" in done.stdout and "peak memory (PSS), all processes" in done.stdout
+
+
+def test_interpretation_cost_and_lr_grid_run_on_a_tiny_folder(tiny_image_folder, tmp_path):
+    flags = tiny_flags(tmp_path / "cache", "--optimizer", "adam")
+    run_dir = tmp_path / "run"
+    subprocess.run([sys.executable, "train.py", "--dataset", str(tiny_image_folder), "--output_dir", str(run_dir),
+                    *flags], check=True, cwd=BENCH.parents[1], capture_output=True)
+    done = subprocess.run([sys.executable, str(BENCH.with_name("interpretation_cost.py")), "--model", str(run_dir)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "top_losses.png" in done.stdout and "% of the run's" in done.stdout
+    done = subprocess.run([sys.executable, str(BENCH.with_name("lr_grid.py")), "--dataset", str(tiny_image_folder),
+                           "--grid", "1e-3,1e-2", "--", *flags], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("--learning_rate") >= 4 and "grid best" in done.stdout and "steepest fall" in done.stdout

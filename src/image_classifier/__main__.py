@@ -5,6 +5,7 @@
     python -m image_classifier predict IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--top_k K] [--json]
     python -m image_classifier explain IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--target_class NAME] [--output_dir DIR]
     python -m image_classifier robustness --model OUTPUT_DIR [--num_images N] [--output_dir DIR]
+    python -m image_classifier lr-find [--lr_find_steps N] [--lr_find_dir DIR] [train.py flags]
 
 Adding a command: write `_add_NAME(subparsers)` that adds a sub-parser with `set_defaults(run=fn)`,
 where `fn(args) -> int` is the exit status, and append it to `COMMANDS`. Errors a user can fix
@@ -75,8 +76,14 @@ def _add_robustness(subparsers) -> None:
     add_robustness_command(subparsers)
 
 
+def _add_lr_find(subparsers) -> None:
+    from .lr_finder import add_lr_find_command
+
+    add_lr_find_command(subparsers)
+
+
 # Each adds one sub-command.
-COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict, _add_explain, _add_robustness]
+COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict, _add_explain, _add_robustness, _add_lr_find]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `image-classifier` and `python -m image_classifier`; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "pass_through", False):      # only lr-find passes train.py flags on
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.train_flags = rest
     try:
         return int(args.run(args) or 0)
     except user_errors() as error:

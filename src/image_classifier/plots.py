@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from .files import atomic_path  # noqa: E402
 
 __all__ = ["plot_samples", "plot_class_distribution", "plot_augmentation", "plot_learning_curves",
-           "plot_confusion_matrix", "plot_reliability", "plot_robustness", "plot_top_losses", "plot_cam_grid", "plot_picture", "plot_feature_maps"]
+           "plot_confusion_matrix", "plot_reliability", "plot_robustness", "plot_lr_find", "plot_top_losses", "plot_cam_grid", "plot_picture", "plot_feature_maps"]
 
 DPI = 120
 
@@ -207,6 +207,25 @@ def plot_robustness(report: Mapping[str, Any], path: str | os.PathLike) -> None:
     ax.set_title(f"Accuracy under corruptions ({report['num_images']:,} test images): clean "
                  f"{100 * report['clean_accuracy']:.1f} %, mean {100 * report['mean_corruption_accuracy']:.1f} %",
                  fontsize=9)
+    _save(fig, path)
+
+
+def plot_lr_find(rates: Sequence[float], smoothed: Sequence[float], suggestion: float, steepest: float,
+                 path: str | os.PathLike, title: str = "") -> None:
+    """The learning-rate finder: smoothed training loss against the learning rate (log scale), the suggestion
+    (valley) and the steepest fall marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(rates, smoothed, "-")
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggestion (valley): {suggestion:.3g}")
+    ax.axvline(steepest, color="tab:gray", linestyle=":", label=f"steepest fall: {steepest:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    low, high = min(smoothed), smoothed[0]
+    ax.set_ylim(low - 0.1 * (high - low + 1e-9), max(high, low) + 0.6 * (high - low + 1e-9))
+    ax.set_title("Learning-rate finder" + (f": {title}" if title else ""), fontsize=10)
+    ax.legend()
+    ax.grid(alpha=0.3)
     _save(fig, path)
 
 

@@ -13,13 +13,14 @@ severities (86.9 % at severity 1, 56.5 % at 5).
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "robustness_report", "summarize", "describe",
+__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "robustness_report", "measure_robustness", "summarize", "describe",
            "add_robustness_command", "robustness_command"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -232,6 +233,30 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             "worst_corruption": {"name": list(report["accuracy"])[worst], "mean_accuracy": float(means[worst])}}
 
 
+def measure_robustness(model: torch.nn.Module, normalize, view, config, accelerator,
+                       num_images: Optional[int] = None) -> dict[str, Any]:
+    """`robustness_report` on the first --robustness_samples images of a test split's evaluation view (uint8, as the
+    model sees them), scored in float32 like the evaluation (`engine.predict`). Every process computes it (the
+    predictions are gathered); it prints the table."""
+    from . import engine
+
+    items = [view[i] for i in range(min(len(view), num_images or config.train.robustness_samples))]
+    items = [(image, label) for image, label in items if label >= 0]       # not the undecodable (streaming path)
+    images, labels = torch.stack([image for image, _ in items]), np.array([label for _, label in items])
+
+    def predict(batch: torch.Tensor) -> np.ndarray:
+        dataset = torch.utils.data.TensorDataset(batch, torch.zeros(len(batch), dtype=torch.int64))
+        loader = accelerator.prepare(engine.build_loader(dataset, config.train.per_device_eval_batch_size, False, 0,
+                                                         persistent=False))
+        return engine.predict(model, loader, normalize, accelerator, mixed_precision=False)[0].argmax(axis=1)
+
+    started = time.perf_counter()
+    report = robustness_report(predict, images, labels, seed=config.train.seed)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    accelerator.print(describe(report))
+    return report
+
+
 def describe(report: dict[str, Any]) -> str:
     """The report as a table (accuracy %, corruptions by severity) and its summary lines."""
     lines = [f"{'corruption':18s}" + "".join(f"{s:>7d}" for s in SEVERITIES) + "   mean"]
@@ -279,7 +304,6 @@ def robustness_command(args) -> int:
     from .data import load_data
     from .engine import build_accelerator
     from .files import write_json
-    from .runner import measure_robustness
 
     folder = Path(args.model)
     if not (folder / model_folder.TRAINING_CONFIG).is_file():
@@ -294,7 +318,8 @@ def robustness_command(args) -> int:
     normalize = Normalize(getattr(processor, "image_mean", None) or timm_data["mean"],
                           getattr(processor, "image_std", None) or timm_data["std"])
     accelerator = build_accelerator(config)
-    report = measure_robustness(accelerator.prepare(model), normalize, data, config, accelerator, args.num_images)
+    report = measure_robustness(accelerator.prepare(model), normalize, data.eval_view("test"), config, accelerator,
+                                args.num_images)
     if args.output_dir and accelerator.is_main_process:
         out = Path(args.output_dir)
         write_json(out / model_folder.ROBUSTNESS, report)

@@ -7,7 +7,6 @@ runs this; only the main process writes files or pushes.
 from __future__ import annotations
 
 import platform
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,7 +26,7 @@ from .interrupt import StopOnSignal, resume_command
 from .transforms import build_photo_processor
 
 __all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "train_model", "evaluate_model",
-           "calibrate_model", "measure_robustness", "predict_float32", "check_output_dir",
+           "calibrate_model", "predict_float32", "check_output_dir",
            "describe_hardware", "save_model_folder"]
 
 
@@ -112,7 +111,8 @@ def run(config: Config) -> Optional[dict[str, Any]]:
                              accelerator, stop=stop)
     model = engine.plain_model(accelerator, result.model)
     results, test_predictions = evaluate_model(model, normalize, data, result, config, accelerator)
-    report = measure_robustness(model, normalize, data, config, accelerator) if config.train.robustness_report else None
+    report = (robustness.measure_robustness(model, normalize, data.eval_view("test"), config, accelerator)
+              if config.train.robustness_report else None)
     if report is not None:
         results.update(mean_corruption_accuracy=report["mean_corruption_accuracy"],
                        worst_corruption=report["worst_corruption"], robustness_num_images=report["num_images"],
@@ -204,28 +204,6 @@ def calibrate_model(model: torch.nn.Module, single: dict[str, tuple[np.ndarray, 
         out.update({f"test_{k}{suffix}": v for k, v in calibration.calibration_metrics(scaled, labels).items()})
         out[f"test_reliability{suffix}"] = calibration.reliability_bins(scaled, labels)
     return out
-
-
-def measure_robustness(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData", config: Config,
-                       accelerator: Accelerator, num_images: Optional[int] = None) -> dict[str, Any]:
-    """`robustness.robustness_report` on the first --robustness_samples test images (uint8, as the model sees them),
-    scored in float32 like the evaluation. Every process computes it (the predictions are gathered)."""
-    view = data.eval_view("test")
-    items = [view[i] for i in range(min(len(view), num_images or config.train.robustness_samples))]
-    items = [(image, label) for image, label in items if label >= 0]       # not the undecodable (streaming path)
-    images, labels = torch.stack([image for image, _ in items]), np.array([label for _, label in items])
-
-    def predict(batch: torch.Tensor) -> np.ndarray:
-        dataset = torch.utils.data.TensorDataset(batch, torch.zeros(len(batch), dtype=torch.int64))
-        loader = accelerator.prepare(engine.build_loader(dataset, config.train.per_device_eval_batch_size, False, 0,
-                                                         persistent=False))
-        return engine.predict(model, loader, normalize, accelerator, mixed_precision=False)[0].argmax(axis=1)
-
-    started = time.perf_counter()
-    report = robustness.robustness_report(predict, images, labels, seed=config.train.seed)
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    accelerator.print(robustness.describe(report))
-    return report
 
 
 def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.Module, Normalize]:
