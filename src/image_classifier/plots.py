@@ -58,7 +58,8 @@ def plot_samples(images: Any, labels: Sequence[int], class_names: Sequence[str],
     # One row per class when the sample is balanced and small enough; otherwise 8 per row.
     cols = int(per_class[0]) if len(set(per_class)) == 1 and 2 <= per_class[0] <= 12 else 8
     rows, cols = _grid(n, max_cols=cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.55 * rows), squeeze=False)
+    # constrained layout keeps room for the title above the first row's labels (tight_layout let them overlap)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.55 * rows + 0.3), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels):
@@ -95,7 +96,7 @@ def plot_augmentation(original: Any, augmented: Any, path: str | os.PathLike) ->
     """The original image first, then K augmented versions of it."""
     images = [original, *list(augmented)]
     rows, cols = _grid(len(images), max_cols=6)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.95 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.95 * rows + 0.3), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, image) in enumerate(zip(axes.flat, images)):
