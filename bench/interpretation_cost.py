@@ -42,7 +42,7 @@ def main() -> None:
     data = load_data(config.data, seed=config.train.seed)
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(folder)
-    normalize = Normalize(processor.image_mean, processor.image_std)
+    normalize = Normalize.from_processor(processor)
     view = data.eval_view("test")
     labels = torch.as_tensor([view[i][1] for i in range(len(view))]).numpy()
     with torch.inference_mode():

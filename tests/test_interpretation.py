@@ -113,8 +113,8 @@ def test_an_empty_map_is_called_empty_not_drawn_as_evidence():
     from image_classifier.interpretation import Explanation
 
     picture = Image.new("RGB", (8, 8))
-    found = Explanation(picture, [("cat", 0.9), ("dog", 0.1)], "cat", np.eye(4, dtype=np.float32), None, [])
-    empty = Explanation(picture, [("cat", 0.9), ("dog", 0.1)], "dog", np.zeros((4, 4), np.float32), None, [])
+    found = Explanation(picture, [("cat", 0.9), ("dog", 0.1)], "cat", 0.9, np.eye(4, dtype=np.float32), None, [])
+    empty = Explanation(picture, [("cat", 0.9), ("dog", 0.1)], "dog", 0.1, np.zeros((4, 4), np.float32), None, [])
     assert found.describe() == "Where the network sees **cat** (p = 0.90); red: most"
     assert empty.describe().startswith("Nothing in this image raises the score of **dog** (p = 0.10)")
 

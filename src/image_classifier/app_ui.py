@@ -402,7 +402,7 @@ def explain_image(explainer: Explainer, image, target: Optional[str]):
     if image is None:
         return None, [], ""
     try:
-        explanation = explainer.explain(image, target or None, top_k=len(explainer.labels))
+        explanation = explainer.explain(image, target or None)
     except ImageError as e:
         raise refuse(str(e))
     except ValueError as e:

@@ -43,6 +43,14 @@ class Normalize(torch.nn.Module):
         self.register_buffer("mean", torch.tensor([float(m) for m in mean], dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor([float(s) for s in std], dtype=torch.float32), persistent=False)
 
+    @classmethod
+    def from_processor(cls, processor) -> "Normalize":
+        """The normalization a saved image processor applies: its image_mean/image_std, or a timm processor's data
+        config."""
+        timm_data = getattr(processor, "data_config", None) or {}
+        return cls(getattr(processor, "image_mean", None) or timm_data["mean"],
+                   getattr(processor, "image_std", None) or timm_data["std"])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         channels = x.shape[-3]

@@ -239,14 +239,10 @@ class Explanation:
     image: Image.Image                             # the image as decoded (RGB, original size up to MAX_SIDE)
     top: list[tuple[str, float]]                   # (label, probability), most probable first
     target: str                                    # the class the map explains
+    probability: float                             # the model's probability of that class
     cam: np.ndarray                                # (H, W) in [0, 1] at the model's input size
     overlay: np.ndarray                            # uint8 (image height, image width, 3)
     stages: list[tuple[str, np.ndarray]]           # (stage name, (C, h, w) activations)
-
-    @property
-    def probability(self) -> float:
-        """The model's probability of the class the map explains."""
-        return dict(self.top).get(self.target, float("nan"))
 
     def describe(self) -> str:
         """One line on what the map shows, for a caption: an empty map (no part of the image raises that class's
@@ -309,7 +305,8 @@ class Explainer:
         chosen = int(order[0]) if target_id is None else target_id
         box = visible_box(self.predictor.processor, picture.width, picture.height)
         return Explanation(image=picture, top=[(self.labels[i], float(probs[i])) for i in order],
-                           target=self.labels[chosen], cam=cams[0], overlay=overlay_cam(picture, cams[0], box),
+                           target=self.labels[chosen], probability=float(probs[chosen]), cam=cams[0],
+                           overlay=overlay_cam(picture, cams[0], box),
                            stages=stages)
 
     def filters(self) -> np.ndarray:

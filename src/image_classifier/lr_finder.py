@@ -114,7 +114,6 @@ def find_learning_rate(config, start: float = 1e-7, end: float = 10.0, num_steps
     from accelerate.utils import set_seed
 
     from . import engine, runner
-    from .augment import BatchAugment
     from .data import load_data
     from .optim import build_optimizer
 
@@ -129,8 +128,7 @@ def find_learning_rate(config, start: float = 1e-7, end: float = 10.0, num_steps
         data = load_data(config.data, seed=config.train.seed, source=source)
     model, normalize = runner.build_model(config, data)
     args = config.train
-    augment = BatchAugment(config.data, data.class_names, normalize.mean.tolist(), normalize.std.tolist(),
-                           per_sample=data.path == "streaming")
+    augment = runner.build_augment(config, data, normalize)
     loader = engine.build_loader(data.tensors["train"], args.per_device_train_batch_size, True,
                                  config.data.dataloader_num_workers or 0, persistent=False)
     model, optimizer, loader = accelerator.prepare(model, build_optimizer(model, args), loader)

@@ -314,9 +314,7 @@ def robustness_command(args) -> int:
     data = load_data(config.data, seed=config.train.seed)
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(folder)
-    timm_data = getattr(processor, "data_config", None) or {}
-    normalize = Normalize(getattr(processor, "image_mean", None) or timm_data["mean"],
-                          getattr(processor, "image_std", None) or timm_data["std"])
+    normalize = Normalize.from_processor(processor)
     accelerator = build_accelerator(config)
     report = measure_robustness(accelerator.prepare(model), normalize, data.eval_view("test"), config, accelerator,
                                 args.num_images)

@@ -26,7 +26,7 @@ from .interrupt import StopOnSignal, resume_command
 from .transforms import build_photo_processor
 
 __all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "train_model", "evaluate_model",
-           "calibrate_model", "predict_float32", "check_output_dir",
+           "calibrate_model", "build_augment", "predict_float32", "check_output_dir",
            "describe_hardware", "save_model_folder"]
 
 
@@ -162,9 +162,10 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
     pipeline() and the app run it (bf16 logits differ in the last digits).
     """
     results: dict[str, Any] = {}
-    # One view per image, as pipeline() and the app see it: calibration is fitted and reported on these.
-    single = {split: predict_float32(model, data.tensors[split], normalize, accelerator, config)
-              for split in ("validation", "test")}
+    # One view per image, as pipeline() and the app see it: calibration is fitted and reported on these. The test
+    # split's is always needed (test_accuracy_without_tta); validation's only to calibrate or without TTA.
+    needed = ("validation", "test") if config.train.calibrate or result.tta == "none" else ("test",)
+    single = {split: predict_float32(model, data.tensors[split], normalize, accelerator, config) for split in needed}
     if config.train.calibrate:
         results.update(calibrate_model(model, single))
         temperature = results["temperature"]
@@ -270,11 +271,16 @@ def train_model(model: torch.nn.Module, normalize: Normalize, data: "data_stage.
     def evaluate_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         return metrics.compute_metrics(logits, labels, data.class_names)
 
-    augment = BatchAugment(config.data, data.class_names, normalize.mean.tolist(), normalize.std.tolist(),
-                           per_sample=data.path == "streaming")
-    return engine.fit(model, train, heldout, augment=augment, normalize=normalize,
+    return engine.fit(model, train, heldout, augment=build_augment(config, data, normalize), normalize=normalize,
                       mix=build_batch_mix(config.data, len(data.class_names)), config=config,
                       accelerator=accelerator, evaluate_fn=evaluate_fn, stop=stop)
+
+
+def build_augment(config: Config, data: "data_stage.ImageData", normalize: Normalize) -> BatchAugment:
+    """The training augmentation of --augment for this data (per image on the streaming path), ending in
+    `normalize`'s mean and std."""
+    return BatchAugment(config.data, data.class_names, normalize.mean.tolist(), normalize.std.tolist(),
+                        per_sample=data.path == "streaming")
 
 
 def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Normalize, accelerator: Accelerator,
