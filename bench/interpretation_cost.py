@@ -26,23 +26,16 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src")]
 
 from image_classifier import interpretation, metrics  # noqa: E402
-from image_classifier.augment import Normalize  # noqa: E402
-from image_classifier.config import parse_config  # noqa: E402
-from image_classifier.data import load_data  # noqa: E402
+from image_classifier.evaluation import load_saved_run  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="outputs/cifar10", help="a finished run's folder (default outputs/cifar10)")
     args = parser.parse_args()
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
     folder = Path(args.model)
-    config = parse_config([str(folder / "training_config.json")])
-    data = load_data(config.data, seed=config.train.seed)
-    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    processor = AutoImageProcessor.from_pretrained(folder)
-    normalize = Normalize.from_processor(processor)
+    saved = load_saved_run(str(folder))
+    data, model, normalize = saved.data, saved.model, saved.normalize
     view = data.eval_view("test")
     labels = torch.as_tensor([view[i][1] for i in range(len(view))]).numpy()
     with torch.inference_mode():

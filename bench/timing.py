@@ -40,3 +40,36 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (on a CPU nothing is queued)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# The instruction-set features that decide a CPU's training and inference speed here (see README, Speed).
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512_BF16", "amx_tile": "AMX",
+                "avx512_vnni": "AVX512_VNNI"}
+
+
+def describe_host() -> str:
+    """'host: AMD EPYC 9R14, 2 cores (2 threads used); AVX2 AVX-512 AVX512_BF16 AVX512_VNNI; no AMX' (or the GPU):
+    every bench prints it beside its figures, so figures from different hosts are never compared as one machine."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:                      # not Linux: the name platform gives
+        pass
+    have = [name for flag, name in CPU_FEATURES.items() if flag in flags]
+    missing = [name for flag, name in CPU_FEATURES.items() if flag not in flags and flags]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    line = (f"host: {model}, {cores} cores ({torch.get_num_threads()} threads used); {' '.join(have) or 'no AVX2'}"
+            + (f"; no {', '.join(missing)}" if missing else ""))
+    if torch.cuda.is_available():
+        line += f"; GPU {torch.cuda.get_device_name(0)}"
+    return line

@@ -163,3 +163,14 @@ def test_interpretation_cost_and_lr_grid_run_on_a_tiny_folder(tiny_image_folder,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("--learning_rate") >= 4 and "grid best" in done.stdout and "steepest fall" in done.stdout
+
+
+def test_the_host_line_names_the_cpu_and_the_features_that_decide_the_speed():
+    timing = load_bench("timing")
+    line = timing.describe_host()
+    assert line.startswith("host: ") and " cores (" in line
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if " avx2" in flags:
+        assert "AVX2" in line
+    if flags and " amx_tile" not in flags:
+        assert "no " in line and "AMX" in line

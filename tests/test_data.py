@@ -213,6 +213,13 @@ def test_max_samples_take_seeded_subsets(numbered_dataset_dir, tmp_path):
     assert [len(data.tensors[s]) for s in ("train", "validation", "test")] == [30, 7, 7]
     assert data.summary["splits"]["train"]["rows_before_limit"] == 160
     assert row_ids(load_data(args, seed=1), "train") == row_ids(data, "train")
+    # Stratified: each class keeps its share of the train split (within one image).
+    full = load_data(args_for(numbered_dataset_dir, tmp_path, label_column="kind"), seed=1)
+    k = len(full.class_names)
+    share = np.bincount(full.tensors["train"].labels.numpy(), minlength=k) / len(full.tensors["train"])
+    counts = np.bincount(data.tensors["train"].labels.numpy(), minlength=k)
+    assert np.abs(counts - 30 * share).max() <= 1, (counts, 30 * share)
+    assert "(stratified, seed 1)" in data.summary["splits"]["train"]["from"]
 
 
 # ------------------------------------------------------------------------------------------------

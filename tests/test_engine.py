@@ -19,7 +19,7 @@ from image_classifier.runner import run
 
 MODEL_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "configuration_small_cnn.py",
                "modeling_small_cnn.py", "training_config.json", "metrics.json", "history.json",
-               "data_summary.json", "model_summary.txt", "README.md"]
+               "data_summary.json", "model_summary.txt", "results.csv", "README.md"]
 PLOTS = ["samples.png", "class_distribution.png", "augmentation.png", "learning_curves.png",
          "confusion_matrix.png", "reliability.png", "top_losses.png", "gradcam.png", "filters.png"]
 
@@ -97,7 +97,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         find_checkpoint(tmp_path, "latest")
 
 
-def test_early_stopping_stops_when_the_metric_stalls(tiny_image_folder, tmp_path):
+def test_early_stopping_stops_when_the_metric_stalls(tiny_image_folder, tmp_path, capsys):
     # A learning rate this small cannot move the predictions (and without BatchNorm no running
     # statistics change either): validation accuracy stalls at once.
     results = run(parse_config(tiny_args(tiny_image_folder, tmp_path / "m", "--num_train_epochs", "6",
@@ -105,6 +105,8 @@ def test_early_stopping_stops_when_the_metric_stalls(tiny_image_folder, tmp_path
                                          "--batch_norm", "false", "--optimizer", "sgd")))
     history = json.loads((tmp_path / "m" / "history.json").read_text())
     assert len(history) == 3 and results["best_epoch"] == 1 and results["epochs_trained"] == 3
+    assert ("Early stopping after epoch 3: validation accuracy has not risen by more than 0 for 2 epochs "
+            "(--early_stopping_patience 2); keeping epoch 1's weights") in capsys.readouterr().out
 
 
 def test_plateau_lowers_the_learning_rate(tiny_image_folder, tmp_path):
@@ -349,3 +351,44 @@ def test_precision_is_bf16_for_the_presets_on_a_cpu_whose_flags_list_native_bf16
     assert default_precision("no", "cnn-fast") == "no" and default_precision("bf16", "timm/resnet18") == "bf16"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")          # `accelerate launch --mixed_precision no`
     assert default_precision(None, "cnn-fast") is None
+
+
+def test_two_trackers_get_the_step_loss_the_epochs_and_the_test_metrics(tiny_image_folder, tmp_path):
+    """train.py as a user runs it, with TensorBoard and trackio (TRACKIO_DIR is read once, at trackio's import:
+    a process of its own); results.csv is history.json as a table."""
+    import csv
+    import sqlite3
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "model"
+    flags = [*tiny_args(tiny_image_folder, out), "--report_to", "tensorboard,trackio", "--logging_steps", "1"]
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")}
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "train.py"), *flags], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = EventAccumulator(str(next((out / "runs").rglob("events.out.tfevents.*"))))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/step_loss")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 4
+    assert [e.value for e in events.Scalars("epoch/eval_accuracy")] == pytest.approx(
+        [h["eval_accuracy"] for h in json.loads((out / "history.json").read_text())])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert events.Scalars("final/test_accuracy")[0].value == pytest.approx(metrics["test_accuracy"])
+    with sqlite3.connect(tmp_path / "trackio" / "image_classifier.db") as db:
+        logged = [json.loads(row[0]) for row in db.execute("select metrics from metrics")]
+    assert sum("train/step_loss" in m for m in logged) == len(steps)
+    assert any(m.get("final/test_accuracy") == pytest.approx(metrics["test_accuracy"]) for m in logged)
+    history = json.loads((out / "history.json").read_text())
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [h["epoch"] for h in history]
+    assert float(rows[-1]["eval_accuracy"]) == pytest.approx(history[-1]["eval_accuracy"])
+    assert "learning_rates" not in rows[0] and "train_loss" in rows[0]
+
+
+def test_an_unknown_or_missing_tracker_names_the_fix():
+    with pytest.raises(ConfigError, match="'tensorbord' is not a tracker; choose from tensorboard"):
+        parse_config(["--report_to", "tensorbord"])
+    with pytest.raises(ConfigError, match="aim is not installed: pip install aim"):
+        parse_config(["--report_to", "tensorboard,aim"])
+    assert parse_config(["--report_to", "all"]).train.report_to.startswith("tensorboard")

@@ -8,6 +8,7 @@ well separated and orderings are stable).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -373,7 +374,7 @@ def test_a_real_training_run_is_found_described_and_served_like_pipeline(tmp_pat
 def test_predict_command(model_dir, tmp_path, capsys, monkeypatch):
     import argparse
 
-    from image_classifier.inference import add_predict_command
+    from image_classifier.batch_inference import add_predict_command
 
     parser = argparse.ArgumentParser()
     add_predict_command(parser.add_subparsers(dest="command", required=True))
@@ -382,7 +383,8 @@ def test_predict_command(model_dir, tmp_path, capsys, monkeypatch):
     args = parser.parse_args(["predict", str(cat), str(bad), "--model", str(model_dir), "--top_k", "2", "--json"])
     assert args.run(args) == 1
     out, err = capsys.readouterr()
-    line = json.loads(out.strip())
+    line, failed = map(json.loads, out.strip().splitlines())
+    assert failed["file"] == str(bad) and failed["predictions"] == [] and "not an image" in failed["error"]
     expected = Predictor(model_dir, device="cpu").predict(cat, top_k=2)
     assert line["file"] == str(cat) and [p["label"] for p in line["predictions"]] == [e[0] for e in expected]
     assert f"error: {bad}: bad.jpg is not an image" in err
@@ -393,3 +395,38 @@ def test_predict_command(model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MODEL_ID", raising=False)
     args = parser.parse_args(["predict", str(cat)])
     assert args.run(args) == 2 and "no model" in capsys.readouterr().err
+
+
+def test_predict_to_csv_keeps_going_past_an_unreadable_file(model_dir, tmp_path, capsys):
+    from image_classifier.__main__ import main
+
+    examples = sorted((model_dir / "examples").glob("*.png"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("no")
+    listing = tmp_path / "paths.txt"
+    listing.write_text("# a comment\n" + "\n".join(map(str, [examples[0], bad, examples[1]])) + "\n\n")
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(listing), str(examples[2]), "--model", str(model_dir), "--top_k", "2",
+                 "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"error: {bad}" in err and "3 images classified, 1 unreadable" in err and "images/s" in err
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["path", "label_1", "probability_1", "label_2", "probability_2", "error"]
+    assert [r[0] for r in rows[1:]] == [str(examples[0]), str(bad), str(examples[1]), str(examples[2])]
+    expected = Predictor(model_dir, device="cpu").predict(examples[1], top_k=2)
+    assert rows[3][1] == expected[0][0] and float(rows[3][2]) == pytest.approx(expected[0][1], abs=1e-6)
+    assert rows[2][1:5] == ["", "", "", ""] and "not an image" in rows[2][5] and rows[1][5] == ""
+
+
+def test_predict_a_dataset_split_to_json_lines_with_the_true_labels(model_dir, tiny_image_folder, tmp_path, capsys):
+    from image_classifier.__main__ import main
+
+    out = tmp_path / "test.jsonl"
+    assert main(["predict", "--dataset", str(tiny_image_folder), "--split", "validation", "--model",
+                 str(model_dir), "--output", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) >= 3 and lines[0]["file"] == "validation/0"
+    assert {line["true_label"] for line in lines} <= {"red", "green", "blue"}
+    assert all(len(line["predictions"]) == 3 for line in lines)
+    assert main(["predict", "--dataset", str(tiny_image_folder), "--split", "nope", "--model", str(model_dir)]) == 1
+    assert "has no 'nope' split" in capsys.readouterr().err

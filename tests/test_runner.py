@@ -4,6 +4,7 @@ output folder that cannot be written, a full disk while saving, and what a kille
 The full-disk and read-only cases run on a real small tmpfs (mounting needs root, as CI runs); elsewhere they
 skip and say so."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -248,3 +249,47 @@ def test_a_single_class_image_folder_says_so(tmp_path):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "data" / "cats" / f"{i}.png")
     with pytest.raises(DataError, match=r"holds one class \(cats/\); classification needs at least two classes"):
         run(parse_config(["--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]))
+
+
+def fine_tune_args(dataset, out, model, *extra) -> list[str]:
+    """tiny_args() with --model MODEL (a trained folder), without the preset's --widths."""
+    args = tiny_args(dataset, out, "--model", str(model), *extra)
+    at = args.index("--widths")
+    return args[:at] + args[at + 3:]
+
+
+def test_a_trained_model_folder_is_fine_tuned_on_other_classes_and_other_images(finished, gray_dataset_dir, tmp_path):
+    """`--model FOLDER`: the tiny run's RGB 16 px colour model fine-tuned on 12 px grayscale digits (classes 0-2):
+    images go in as the model takes them, the whitening stem and backbone start from the folder, the head is new."""
+    from image_classifier.models import load_trained_model
+
+    out = tmp_path / "tuned"
+    config = parse_config(fine_tune_args(gray_dataset_dir, out, finished))
+    assert config.model.saved and config.model.architecture == "cnn-fast" and config.train.recipe == "airbench"
+    results = run(config)
+    assert results["test_num_samples"] > 0
+    tuned = json.loads((out / "config.json").read_text())
+    assert tuned["id2label"] == {"0": "0", "1": "1", "2": "2"} and tuned["num_channels"] == 3
+    assert tuned["image_size"] == 16 and tuned["calibration"]["fitted_on"] == "validation"
+    summary = json.loads((out / "data_summary.json").read_text())
+    assert summary["image_size"] == 16 and summary["num_channels"] == 3
+    assert json.loads((out / "training_config.json").read_text())["model"] == str(finished)
+    source, after = load_file(finished / "model.safetensors"), load_file(out / "model.safetensors")
+    torch.testing.assert_close(after["stem.conv.weight"], source["stem.conv.weight"], rtol=0, atol=0)
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == json.loads((finished / "preprocessor_config.json").read_text())["image_mean"]
+    # The same classes: the head is kept, with the folded temperature taken out again.
+    kept = load_trained_model(str(finished), ["blue", "green", "red"])
+    temperature = json.loads((finished / "config.json").read_text())["calibration"]["temperature"]
+    torch.testing.assert_close(kept.classifier.weight, source["classifier.weight"] * temperature)
+    assert not getattr(kept.config, "calibration", None)
+    fresh = load_trained_model(str(finished), ["red", "green", "blue"])      # another order: another head
+    assert not torch.equal(fresh.classifier.weight, kept.classifier.weight)
+    assert fresh.config.id2label == {0: "red", 1: "green", 2: "blue"}
+
+
+@pytest.mark.parametrize("flag, value", [("image_size", "24"), ("num_channels", "1"), ("widths", "8")])
+def test_a_trained_model_s_fixed_shape_is_not_changed_by_flags(finished, tiny_image_folder, tmp_path, flag, value):
+    config = parse_config(fine_tune_args(tiny_image_folder, tmp_path / "out", finished, f"--{flag}", value))
+    with pytest.raises(ConfigError, match=f"--{flag}"):
+        runner.follow_the_data(config)

@@ -4,6 +4,8 @@
     python -m image_classifier deploy-space --space_id USER/NAME --hub_model_id USER/MODEL [--private] [--hub_token T]
     python -m image_classifier predict IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--top_k K] [--json]
     python -m image_classifier explain IMAGE... [--model OUTPUT_DIR_OR_HUB_ID] [--target_class NAME] [--output_dir DIR]
+    python -m image_classifier evaluate --model OUTPUT_DIR_OR_HUB_ID [--dataset D] [--split test] [--output_dir DIR]
+    python -m image_classifier export --model OUTPUT_DIR --format onnx [--int8]
     python -m image_classifier robustness --model OUTPUT_DIR [--num_images N] [--output_dir DIR]
     python -m image_classifier lr-find [--lr_find_steps N] [--lr_find_dir DIR] [train.py flags]
 
@@ -53,7 +55,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _add_predict(subparsers) -> None:
-    from .inference import add_predict_command
+    from .batch_inference import add_predict_command
 
     add_predict_command(subparsers)
 
@@ -70,6 +72,18 @@ def _add_explain(subparsers) -> None:
     add_explain_command(subparsers)
 
 
+def _add_evaluate(subparsers) -> None:
+    from .evaluation import add_evaluate_command
+
+    add_evaluate_command(subparsers)
+
+
+def _add_export(subparsers) -> None:
+    from .export import add_export_command
+
+    add_export_command(subparsers)
+
+
 def _add_robustness(subparsers) -> None:
     from .robustness import add_robustness_command
 
@@ -83,7 +97,8 @@ def _add_lr_find(subparsers) -> None:
 
 
 # Each adds one sub-command.
-COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict, _add_explain, _add_robustness, _add_lr_find]
+COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict, _add_evaluate, _add_explain, _add_robustness,
+                           _add_export, _add_lr_find]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +123,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except user_errors() as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one paragraph, as one line
         return 1
+    except BrokenPipeError:        # `... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -18,14 +18,14 @@ twice.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 __all__ = ["N_BINS", "TEMPERATURE_RANGE", "calibration_metrics", "reliability_bins", "fit_temperature", "fold_temperature",
-           "output_layer"]
+           "unfold_temperature", "output_layer"]
 
 N_BINS = 15
 
@@ -118,3 +118,19 @@ def fold_temperature(model: nn.Module, temperature: float) -> None:
         layer.bias.div_(temperature)
     model.config.calibration = {"temperature": round(float(temperature), 6), "folded_into_classifier": True,
                                 "fitted_on": "validation"}
+
+
+@torch.no_grad()
+def unfold_temperature(model: nn.Module) -> Optional[float]:
+    """Undo `fold_temperature` (the output layer's weights and bias times the recorded temperature), to train a
+    calibrated model further from its own logits; returns the temperature, or None for a model never calibrated."""
+    recorded = getattr(model.config, "calibration", None)
+    if not recorded:
+        return None
+    temperature = float(recorded["temperature"])
+    layer = output_layer(model)
+    layer.weight.mul_(temperature)
+    if layer.bias is not None:
+        layer.bias.mul_(temperature)
+    model.config.calibration = None
+    return temperature

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from .recipes import (MODEL_RECIPES, OPTIMIZERS, PHOTO_IMAGE_SIZE, PHOTO_MODEL, PHOTO_SIDE, RECIPES,
-                      RESIDENT_MAX_GIB, DataTraits, choose_data_path, default_model, optimizer_defaults,
+from .recipes import (LABEL_SMOOTHING, LABEL_SMOOTHING_DEFAULT, MODEL_RECIPES, OPTIMIZERS, PHOTO_IMAGE_SIZE,
+                      PHOTO_MODEL, PHOTO_SIDE, RECIPES, RESIDENT_MAX_GIB, DataTraits, choose_data_path, default_model, optimizer_defaults,
                       photo_image_size, recipe_for, schedule_defaults)
 
 __all__ = [
@@ -258,6 +258,10 @@ class ModelArguments:
 
     def __post_init__(self):
         _require(self.model is None or bool(self.model), "model", "must name a preset or a timm architecture (timm/NAME)")
+        from .model_folder import saved_architecture
+
+        # A model this project trained (folder or Hub id): trained further with the recipe of what it was built as.
+        self._saved_as = saved_architecture(self.model)
         _require(self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", "must be >= 0 (0 disables)")
         _require(self.backbone_learning_rate is None or self.backbone_learning_rate > 0, "backbone_learning_rate",
                  f"must be > 0, got {self.backbone_learning_rate}")
@@ -275,12 +279,44 @@ class ModelArguments:
                  f"must be in (0, 1], got {self.batch_norm_momentum}")
         _require(self.logit_scale is None or self.logit_scale > 0, "logit_scale", f"must be > 0, got {self.logit_scale}")
 
+    @property
+    def saved(self) -> bool:
+        """Whether --model names a model this project trained (a folder or its Hub id), to fine-tune."""
+        return getattr(self, "_saved_as", None) is not None
+
+    @property
+    def architecture(self) -> Optional[str]:
+        """The preset or timm/NAME that --model is, or that the saved model it names was built as."""
+        return getattr(self, "_saved_as", None) or self.model
+
     def overrides(self) -> dict[str, Any]:
         """The shape options the user set, as model-config keyword arguments."""
         names = ("widths", "convs_per_block", "kernel_size", "pooling", "batch_norm", "activation",
                  "block_dropout", "classifier_dropout", "stem", "batch_norm_momentum", "norm_scale", "identity_init",
                  "logit_scale")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+# Accelerate's trackers (accelerate.tracking.LOGGER_TYPE_TO_CLASS) and the package each needs.
+TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow",
+            "comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}
+
+
+def report_trackers(report_to: str) -> list[str]:
+    """The trackers --report_to names ('all': every installed one; 'none': none); a ConfigError for an unknown
+    one, or one whose package is not installed, that says what to install."""
+    import importlib.util
+
+    names = [name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"]
+    if names == ["all"]:
+        return [name for name, package in TRACKERS.items() if importlib.util.find_spec(package) is not None]
+    for name in names:
+        _require(name in TRACKERS, "report_to", f"{name!r} is not a tracker; choose from {', '.join(TRACKERS)}, "
+                                                "all or none (comma-separated for several)")
+        _require(importlib.util.find_spec(TRACKERS[name]) is not None, "report_to",
+                 f"{name} is not installed: pip install {TRACKERS[name].replace('_', '-')} (or drop it from "
+                 "--report_to)")
+    return names
 
 
 @dataclass
@@ -370,7 +406,11 @@ class TrainingArguments:
     nesterov: bool = field(default=True, metadata={"help": "Use Nesterov momentum with SGD and Muon."})
     adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
     adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
-    label_smoothing: float = field(default=0.2, metadata={"help": "Cross-entropy label smoothing (fraction)."})
+    label_smoothing: Optional[float] = field(
+        default=None, metadata={"help": f"Cross-entropy label smoothing (fraction). Default: "
+                                        f"{LABEL_SMOOTHING_DEFAULT}, except plain cross-entropy (0) for "
+                                        f"{', '.join(LABEL_SMOOTHING)}."}
+    )
     max_grad_norm: float = field(default=0.0, metadata={"help": "Clip gradients to this L2 norm; 0 disables."})
     lr_scheduler_type: Optional[Literal["constant", "linear", "onecycle", "triangle", "cosine", "plateau"]] = field(
         default=None,
@@ -477,18 +517,28 @@ class TrainingArguments:
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "'latest' or a checkpoint folder to continue from."}
     )
-    report_to: Literal["none", "tensorboard"] = field(
-        default="none", metadata={"help": "Experiment tracker fed through Accelerate (logs under OUTPUT_DIR/runs)."}
+    report_to: str = field(
+        default="none", metadata={"help": "Experiment trackers fed through Accelerate, comma-separated: "
+                                          f"{', '.join(TRACKERS)}, 'all' (those installed) or 'none'. Each gets the "
+                                          "config, the training loss and learning rate every --logging_steps, each "
+                                          "epoch's metrics and the final test metrics (tensorboard logs under "
+                                          "OUTPUT_DIR/runs)."}
+    )
+    logging_steps: int = field(
+        default=10, metadata={"help": "Optimizer steps between training-loss reports (progress bar, --report_to)."}
     )
 
     def __post_init__(self):
+        self.report_to = ",".join(report_trackers(self.report_to)) or "none"
+        _require(self.logging_steps >= 1, "logging_steps", f"must be >= 1, got {self.logging_steps}")
         _require(self.num_train_epochs is None or self.num_train_epochs > 0, "num_train_epochs",
                  f"must be > 0, got {self.num_train_epochs}")
         _require(self.max_train_steps is None or self.max_train_steps > 0, "max_train_steps", "must be >= 1")
         for name in ("per_device_eval_batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
             _require(value is None or value >= 1, name, f"must be >= 1, got {value}")
-        _fraction(self.label_smoothing, "label_smoothing")
+        if self.label_smoothing is not None:
+            _fraction(self.label_smoothing, "label_smoothing")
         _require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)")
         _require(self.plateau_patience >= 0, "plateau_patience", "must be >= 0")
         _require(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
@@ -509,6 +559,8 @@ class TrainingArguments:
         cuda = training_on_cuda()
         self.recipe = self.recipe or recipe_for(model, photos)
         self.metric_for_best_model = self.metric_for_best_model or "accuracy"
+        if self.label_smoothing is None:
+            self.label_smoothing = LABEL_SMOOTHING.get(model, LABEL_SMOOTHING_DEFAULT)
         for name, value in schedule_defaults(self.recipe, cuda, self.num_train_epochs, self.max_train_steps).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -596,13 +648,15 @@ class Config:
             self.model.model = default_model(cuda, photos)
         if photos and self.data.image_size is None:
             self.data.image_size = photo_image_size(traits, cuda)
-        self.train.resolve_defaults(self.model.model, photos)
+        self.train.resolve_defaults(self.model.architecture, photos)
         if traits is not None and "metric_for_best_model" in self.unset and (traits.imbalance_ratio or 0) >= IMBALANCED:
             self.train.metric_for_best_model = "f1"
         self._resolve_path(traits)
         if self.train.output_dir is None:
             name = Path(self.data.dataset.rstrip("/")).name or "dataset"
-            self.train.output_dir = os.path.join("outputs", f"{name}-{self.model.model.replace('/', '-')}")
+            model = (f"from-{Path(self.model.model.rstrip('/')).name}" if self.model.saved
+                     else self.model.model.replace('/', '-'))
+            self.train.output_dir = os.path.join("outputs", f"{name}-{model}")
 
     def _resolve_path(self, traits: Optional[DataTraits]) -> Optional[str]:
         """The data path (left to the data stage while the data is unknown) and what follows it: loader workers,
@@ -610,7 +664,7 @@ class Config:
         why = None
         if traits is not None and self.data.data_path is None:
             size = self.data.image_size or traits.side
-            channels = self.data.num_channels or (1 if traits.gray and not self.model.model.startswith("timm/") else 3)
+            channels = self.data.num_channels or (1 if traits.gray and not self.model.architecture.startswith("timm/") else 3)
             self.data.data_path, why = choose_data_path(traits, size, channels, self.data.resident_max_gib)
         streaming = self.data.data_path == "streaming"
         if self.data.dataloader_num_workers is None:      # see the flag's help for the measurement
@@ -679,17 +733,101 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         return action.help if action.default is None else super()._get_help_string(action)
 
+    def _format_action_invocation(self, action):
+        # '--image_size N' once: not also HfArgumentParser's '--image-size' alias (it still parses)
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return f"{action.option_strings[0]} {self._format_args(action, _metavar(action))}"
+
+
+def _metavar(action) -> str:
+    """A short placeholder for a flag's value by its type: N, X, TEXT, BOOL."""
+    kind = getattr(action.type, "__name__", "")
+    return {"int": "N", "float": "X", "string_to_bool": "BOOL"}.get(kind, "TEXT")
+
+
+# --help groups, one per stage of a run, in order: (title, what it holds). Each flag is in its class's group
+# (data, model, optimisation, Hub) unless HELP_STAGE_OF names another.
+HELP_GROUPS = {
+    "data": "where the images come from, how they are split, decoded and loaded",
+    "augmentation": "training-time changes to the images (each off at 0 / false / none)",
+    "model": "which network: a preset, a timm architecture, or a model this project trained (to fine-tune)",
+    "optimisation": "recipe, optimizer, schedule, batch and precision; the recipe fills what is not given",
+    "evaluation": "the best epoch, early stopping, test-time augmentation, calibration, robustness",
+    "output": "where the model folder goes, checkpoints, resuming, trackers",
+    "hub": "pushing the model folder to the Hugging Face Hub",
+}
+HELP_STAGE_OF = {
+    **dict.fromkeys(["crop_scale", "augment", "random_crop_padding", "horizontal_flip", "flip_schedule",
+                     "rotation_degrees", "zoom", "color_jitter", "auto_augment", "random_erasing", "mixup_alpha",
+                     "cutmix_alpha"], "augmentation"),
+    **dict.fromkeys(["per_device_eval_batch_size", "metric_for_best_model", "early_stopping_patience",
+                     "early_stopping_threshold", "tta", "tta_each_epoch", "calibrate", "robustness_report",
+                     "robustness_samples"], "evaluation"),
+    **dict.fromkeys(["output_dir", "overwrite_output_dir", "save_total_limit", "resume_from_checkpoint",
+                     "report_to", "logging_steps"], "output"),
+}
+_CLASS_STAGE = {"DataArguments": "data", "ModelArguments": "model", "TrainingArguments": "optimisation",
+                "HubArguments": "hub"}
+
 
 def _parser():
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(ARGUMENT_CLASSES, formatter_class=_HelpFormatter)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, formatter_class=_HelpFormatter,
+                              usage="%(prog)s [CONFIG.yaml|CONFIG.json] [--FLAG VALUE ...]",
+                              description="Train an image classifier and write its model folder. Flags override a "
+                                          "config file; every flag left out is filled from the data and the recipe, "
+                                          "and the resolved values are saved in OUTPUT_DIR/training_config.json.")
+    _group_by_stage(parser)
+    parser.error = _one_line_error    # argparse would print the whole usage before the problem
     # HfArgumentParser wants a value after an Optional[bool] flag (default None: decided later); a bare
     # `--pretrained` means true there too, as it does for the plain bool flags.
     for action in parser._actions:
         if action.type is not None and getattr(action.type, "__name__", "") == "string_to_bool" and action.nargs is None:
             action.nargs, action.const = "?", True
     return parser
+
+
+def _group_by_stage(parser: argparse.ArgumentParser) -> None:
+    """Move each flag into its stage's --help group (HELP_GROUPS); hide HfArgumentParser's `--no_FLAG` twins
+    (`--FLAG false` says the same), so each flag is listed once."""
+    stage_of = {f.name: HELP_STAGE_OF.get(f.name, _CLASS_STAGE[cls.__name__])
+                for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    groups = {stage: parser.add_argument_group(f"{stage} options", about) for stage, about in HELP_GROUPS.items()}
+    for action in list(parser._actions):
+        if action.dest not in stage_of:
+            continue
+        if any(option.startswith("--no_") for option in action.option_strings):
+            action.help = argparse.SUPPRESS
+        for group in parser._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        groups[stage_of[action.dest]]._group_actions.append(action)
+
+
+def _one_line_error(message: str) -> None:
+    """argparse's error ('argument --optimizer: invalid choice: ...') as a ConfigError naming the flag, with the
+    closest valid choice."""
+    import re
+
+    match = re.match(r"argument (?:-\w+/)?--(\w+)(?:/--[\w-]+)?: (.*)", message)
+    if not match:
+        raise ConfigError("config", message)
+    flag, problem = match.groups()
+    choice = re.match(r"invalid choice: '([^']*)' \(choose from (.*)\)", problem)
+    if choice:
+        options = re.findall(r"'([^']*)'", choice.group(2))
+        problem = f"{choice.group(1)!r} is not one of {', '.join(options)}." + _did_you_mean(choice.group(1), options)
+    raise ConfigError(flag, problem)
+
+
+def _did_you_mean(word: str, options: list[str], prefix: str = "") -> str:
+    """' Did you mean X?' for the option closest to `word` (difflib), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" Did you mean {prefix}{close[0]}?" if close else ""
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -704,26 +842,37 @@ def _read_config_file(path: str) -> dict[str, Any]:
             values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):
         raise ConfigError("config", f"{path} must hold a mapping of flag names to values")
+    return _check_known(values, path)
+
+
+def _check_known(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` if every key is a flag; else a ConfigError naming the first that is not."""
     known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(unknown[0], f"is not an option (in {path}); run `python train.py --help` for the list")
+        raise ConfigError(unknown[0], f"is not an option (in {where}).{_did_you_mean(unknown[0], sorted(known))} "
+                                      "Run `python train.py --help` for the list.")
     return values
 
 
-def parse_config(argv: Optional[list[str]] = None) -> Config:
+def parse_config(argv: Optional[list[str]] = None, defaults: Optional[dict[str, Any]] = None) -> Config:
     """Parse flags, or a JSON/YAML file followed by optional flag overrides, into a `Config`.
 
     `python train.py --dataset mnist`, `python train.py run.yaml`, `python train.py run.yaml --seed 1`.
+    `defaults` ({flag: value}, e.g. a saved run's training_config.json) stand where no flag is given.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
+    if defaults:
+        parser.set_defaults(**_check_known(defaults, "the saved config"))
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         parser.set_defaults(**_read_config_file(argv.pop(0)))
     *parts, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         flag = unknown[0].lstrip("-").split("=")[0]
-        raise ConfigError(flag, f"is not an option (got {' '.join(unknown)}); run `python train.py --help` for the list")
+        known = [f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)]
+        raise ConfigError(flag, f"is not an option (got {' '.join(unknown)}).{_did_you_mean(flag, known, '--')} Run "
+                                "`python train.py --help` for the list.")
     return Config(*parts)
 
 

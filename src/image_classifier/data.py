@@ -474,7 +474,7 @@ class _SplitPlan:
     rows_before_limit: int = 0
 
 
-def _stratified_split(labels: np.ndarray, n_holdout: int, seed: int,
+def _stratified_split(labels: np.ndarray, n_holdout: int, seed: int | list[int],
                       notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Positions (kept, holdout) of a seeded split, stratified by label when every class allows it.
 
@@ -563,10 +563,10 @@ def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArgu
         plan = plans[s]
         plan.rows_before_limit = len(plan.rows)
         limit = limits[s]
-        if limit is not None and limit < len(plan.rows):
-            rng = np.random.default_rng([seed, i])
-            plan.rows = np.sort(plan.rows[rng.choice(len(plan.rows), size=limit, replace=False)])
-            plan.origin += f"; random {limit} of {plan.rows_before_limit} (seed {seed})"
+        if limit is not None and limit < len(plan.rows):      # each class keeps its share
+            kept, _ = _stratified_split(labels[plan.source][plan.rows], len(plan.rows) - limit, [seed, i], notes)
+            plan.rows = plan.rows[kept]
+            plan.origin += f"; {limit} of {plan.rows_before_limit} (stratified, seed {seed})"
     return {s: plans[s] for s in ("train", "validation", "test")}
 
 

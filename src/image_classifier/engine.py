@@ -49,10 +49,10 @@ def build_accelerator(config: Config) -> Accelerator:
     """An Accelerator for this run: precision, accumulation, trackers, seedable data order."""
     train = config.train
     accelerator = Accelerator(
-        mixed_precision=default_precision(train.mixed_precision, config.model.model),
+        mixed_precision=default_precision(train.mixed_precision, config.model.architecture),
         dynamo_backend="inductor" if train.torch_compile else None,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
-        log_with=None if train.report_to == "none" else train.report_to,
+        log_with=None if train.report_to == "none" else train.report_to.split(","),
         project_config=ProjectConfiguration(project_dir=train.output_dir,
                                             logging_dir=os.path.join(train.output_dir, "runs")),
         # The shuffle order depends on (seed, epoch) only, so a resumed run sees the same batches.
@@ -410,14 +410,22 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.detach().argmax(-1) == labels).sum()
         seen += labels.shape[0]
-        if state.step_in_epoch % 10 == 0:
-            bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}", acc=f"{(correct / seen).item():.4f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+        if state.step_in_epoch % args.logging_steps == 0:
+            _report_step(bar, accelerator, state, loss, loss_sum, correct, seen, optimizer.param_groups[0]["lr"])
         # Stop only where gradients were just applied: a checkpoint cannot hold half-accumulated ones.
         if state.global_step >= max_steps or (accelerator.sync_gradients and stop and stop.requested(accelerator)):
             break
     totals = (accelerator.reduce(t, reduction="sum").item() for t in (loss_sum, correct, seen))
     return dict(zip(("loss_sum", "correct", "seen"), totals))
+
+
+def _report_step(bar, accelerator: Accelerator, state: TrainerState, loss: torch.Tensor, loss_sum: torch.Tensor,
+                 correct: torch.Tensor, seen: torch.Tensor, lr: float) -> None:
+    """Every --logging_steps: the epoch's running loss and accuracy on the progress bar; this step's loss and the
+    learning rate to the trackers (--report_to), at the optimizer step."""
+    bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}", acc=f"{(correct / seen).item():.4f}", lr=f"{lr:.3g}")
+    if accelerator.trackers:
+        accelerator.log({"train/step_loss": loss.item(), "train/learning_rate": lr}, step=state.global_step)
 
 
 def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
@@ -555,6 +563,8 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         if stop and stop.requested(accelerator):   # signalled during evaluation or the save: resume from this one
             raise TrainingInterrupted(stop.agreed, checkpoint)
 
+    if _should_stop(state, args) and state.epoch < loop.num_epochs:
+        accelerator.print(describe_early_stop(state, args))
     augment.train_size = None
     _stop_workers(loop.train_loader)      # now, not at garbage collection: the final evaluation starts its own
     if state.best_weights is not None:
@@ -678,7 +688,9 @@ def record_epoch(loop: Loop, record: dict[str, Any], metrics: dict[str, float], 
         state.best_weights = {k: v.detach().cpu().clone() for k, v in best.state_dict().items()}
     else:
         state.bad_epochs += 1
-    accelerator.log({k: v for k, v in record.items() if k != "learning_rates"}, step=state.epoch)
+    # At the optimizer step, as the per-step reports: one axis for both (wandb refuses steps that go back).
+    accelerator.log({f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))},
+                    step=state.global_step)
     accelerator.print(_format_record(record, best=state.best_epoch == state.epoch))
 
 
@@ -726,6 +738,15 @@ def _save_and_stop(accelerator: Accelerator, args: TrainingArguments, state: Tra
 
 def _should_stop(state: TrainerState, args: TrainingArguments) -> bool:
     return args.early_stopping_patience is not None and state.bad_epochs >= args.early_stopping_patience
+
+
+def describe_early_stop(state: TrainerState, args: TrainingArguments) -> str:
+    """Why training stopped early: the metric, the patience and the best epoch whose weights are kept."""
+    better = "risen" if args.greater_is_better else "fallen"
+    return (f"Early stopping after epoch {state.epoch}: validation {args.metric_for_best_model} has not {better} by "
+            f"more than {args.early_stopping_threshold:g} for {state.bad_epochs} epochs (--early_stopping_patience "
+            f"{args.early_stopping_patience}); keeping epoch {state.best_epoch}'s weights "
+            f"({args.metric_for_best_model} {state.best_metric:.4f})")
 
 
 def _format_record(record: dict[str, Any], best: bool) -> str:

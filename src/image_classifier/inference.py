@@ -17,7 +17,6 @@ for the app's information panel; finding and reading the folder's files is `mode
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -30,12 +29,12 @@ import numpy as np
 from PIL import Image
 
 from .files import looks_like_local_path
-from .images import ImageError, ImageLike, load_image
+from .images import ImageLike, load_image
 from .model_folder import (CONFIG, DATA_SUMMARY, METRICS, TRAINING_CONFIG, find_latest_model,
                            is_local_model, read_json)
 
-__all__ = ["Predictor", "model_info", "add_predict_command", "add_model_arguments", "expand_image_paths",
-           "open_predictor", "predict_command"]
+__all__ = ["Predictor", "model_info", "add_model_arguments", "expand_image_paths",
+           "open_predictor"]
 
 # --------------------------------------------------------------------------------------------
 # Prediction
@@ -110,7 +109,7 @@ class Predictor:
         handle bad files one by one).
         """
         probs = self.predict_proba([load_image(im) for im in images])
-        return [self._top_k(row, top_k) for row in probs]
+        return [self.top_k(row, top_k) for row in probs]
 
     def predict_proba(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Class probabilities, shape (len(images), num_labels), float32."""
@@ -164,7 +163,8 @@ class Predictor:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _top_k(self, row: np.ndarray, top_k: Optional[int]) -> list[tuple[str, float]]:
+    def top_k(self, row: np.ndarray, top_k: Optional[int]) -> list[tuple[str, float]]:
+        """The `top_k` (label, probability) pairs of one row of probabilities (K,), most probable first (all for None)."""
         k = self.num_labels if top_k is None else max(0, min(int(top_k), self.num_labels))
         order = np.argsort(-row, kind="stable")[:k]
         return [(self.labels[i], float(row[i])) for i in order]
@@ -329,25 +329,12 @@ def model_info(model_dir_or_id: str | os.PathLike, revision: Optional[str] = Non
 
 
 # --------------------------------------------------------------------------------------------
-# Command line: `python -m image_classifier predict IMAGE... [--model M]`
+# Command line: what `predict` (batch_inference) and `explain` (interpretation) share
 # --------------------------------------------------------------------------------------------
 
-def add_predict_command(subparsers) -> None:
-    """Add the `predict` sub-command to an argparse sub-parsers object (see `image_classifier.__main__`)."""
-    parser = subparsers.add_parser(
-        "predict", help="classify image files with a trained model",
-        description="Classify image files with a trained model folder or Hub id and print the top classes of each. "
-                    "Files that are not readable images are reported on stderr; the exit status is then 1.")
-    add_model_arguments(parser)
-    parser.add_argument("--top_k", type=int, default=3, help="classes to show per image (default 3)")
-    parser.add_argument("--json", action="store_true",
-                        help='print one JSON object per image: {"file", "predictions": [{"label", "score"}]}')
-    parser.set_defaults(run=predict_command)
-
-
-def add_model_arguments(parser) -> None:
+def add_model_arguments(parser, nargs: str = "+") -> None:
     """IMAGE... (files, folders, glob patterns), --model and --device: what `predict` and `explain` share."""
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
+    parser.add_argument("images", nargs=nargs, metavar="IMAGE",
                         help="image files, folders (searched recursively) or quoted glob patterns such as 'photos/*.jpg'")
     parser.add_argument("--model", default=None,
                         help="model folder or Hub id; default: the MODEL_ID environment variable, else the newest "
@@ -397,28 +384,3 @@ def open_predictor(args) -> Optional[Predictor]:
         print(f"error: could not load the model {model}: " + " ".join(f"{type(e).__name__}: {e}".split()),
               file=sys.stderr)
         return None
-
-
-def predict_command(args) -> int:
-    """Run `predict` for parsed arguments; return the exit status (0 ok, 1 some file failed, 2 no model)."""
-    import sys
-
-    paths = expand_image_paths(args.images)
-    predictor = open_predictor(args)
-    if predictor is None:
-        return 2
-    status = 0
-    with predictor:
-        for path in paths:
-            try:
-                top = predictor.predict(path, top_k=args.top_k)
-            except ImageError as e:
-                print(f"error: {path}: {e}", file=sys.stderr)
-                status = 1
-                continue
-            if args.json:
-                print(json.dumps({"file": path, "predictions": [{"label": label, "score": round(p, 6)}
-                                                                 for label, p in top]}))
-            else:
-                print(f"{path}\t" + "\t".join(f"{label} {p:.3f}" for label, p in top))
-    return status

@@ -5,6 +5,7 @@ A run's OUTPUT_DIR is a model folder in the Hub's `save_pretrained` format plus 
     config.json, model.safetensors, preprocessor_config.json   the model (and its code, for the small CNN)
     training_config.json, data_summary.json, model_summary.txt  what went in
     metrics.json, history.json                                  what came out; metrics.json marks a finished model
+    results.csv                                                 history.json as a table: one row per epoch
     robustness.json                                             optional: accuracy under corruptions
     plots/NAME.png, examples/CLASS_I.png, README.md             optional: a failure there is a warning
     checkpoints/step_NNNNNNNN                                   Accelerate states (--resume_from_checkpoint)
@@ -28,9 +29,9 @@ from .files import atomic_path, looks_like_local_path, remove_leftovers, replace
 from .images import IMAGE_SUFFIXES, read_image
 
 __all__ = ["CONFIG", "WEIGHTS", "WEIGHT_FILES", "PROCESSOR", "TRAINING_CONFIG", "DATA_SUMMARY", "MODEL_SUMMARY",
-           "METRICS", "HISTORY", "ROBUSTNESS", "CARD", "PLOTS", "EXAMPLES", "CHECKPOINTS", "PLOT_NAMES", "plot_file",
-           "is_local_model", "is_finished", "read_json", "find_latest_model", "find_examples", "write_model_folder",
-           "save_examples", "clean_leftovers", "clear_finished_run"]
+           "METRICS", "HISTORY", "RESULTS_CSV", "ROBUSTNESS", "CARD", "PLOTS", "EXAMPLES", "CHECKPOINTS", "PLOT_NAMES", "plot_file",
+           "is_local_model", "is_finished", "read_json", "saved_architecture", "find_latest_model", "find_examples", "write_model_folder",
+           "write_results_csv", "save_examples", "clean_leftovers", "clear_finished_run"]
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -41,6 +42,7 @@ DATA_SUMMARY = "data_summary.json"
 MODEL_SUMMARY = "model_summary.txt"
 METRICS = "metrics.json"            # the finished marker: written right after the weights
 HISTORY = "history.json"
+RESULTS_CSV = "results.csv"         # the history as a spreadsheet opens it
 ROBUSTNESS = "robustness.json"      # --robustness_report: accuracy under corruptions (robustness.py)
 CARD = "README.md"
 PLOTS = "plots"
@@ -91,6 +93,21 @@ def read_json(model_dir_or_id: str | os.PathLike, name: str, default: Any = None
             return json.load(f)
     except Exception:       # missing file, no network, bad JSON: the caller's default stands
         return default
+
+
+def saved_architecture(source: Optional[str]) -> Optional[str]:
+    """For a model folder (or Hub id) this project wrote, the model whose recipe it trains further with: 'cnn-fast'
+    for a small CNN with a whitening stem (the airbench nets), 'cnn-basic' for another small CNN, 'timm/ARCH' for a
+    timm model. None for anything else: a preset or timm name, a folder that holds no such model."""
+    if not source or source.startswith("timm/") or ("/" not in source and not is_local_model(source)):
+        return None
+    config = read_json(source, CONFIG)
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind == "small_cnn":
+        return "cnn-fast" if config.get("stem") == "whiten" else "cnn-basic"
+    if kind == "timm_wrapper" and config.get("architecture"):
+        return f"timm/{config['architecture']}"
+    return None
 
 
 def find_latest_model(root: str | os.PathLike = "outputs", max_depth: int = 3) -> Optional[Path]:
@@ -165,12 +182,24 @@ def write_model_folder(out: Path, save_weights: Callable[[str], None], results: 
         replace_dir(tmp, out)
     write_json(out / HISTORY, history)
     write_json(out / METRICS, results)
-    for name, write in optional:
+    for name, write in [(RESULTS_CSV, lambda path: write_results_csv(path, history)), *optional]:
         try:
             write(out / name)
         except Exception as error:  # noqa: BLE001 - an optional artefact never costs the finished run
             print(f"warning: could not write {out / name} ({type(error).__name__}: {error}); the model, "
                   f"{METRICS} and the other files are saved.", file=sys.stderr, flush=True)
+
+
+def write_results_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """history.json's records as CSV (atomically): a header of their keys, one row per epoch; lists (the per-step
+    learning rates) left out."""
+    import csv
+
+    columns = list(dict.fromkeys(k for record in history for k, v in record.items() if not isinstance(v, list)))
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
+        writer = csv.DictWriter(stream, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def save_examples(split, class_names: list[str], num_channels: int, folder: Path, per_class: int = 2) -> None:

@@ -43,8 +43,7 @@ class SmallCNNBlock(nn.Sequential):
             if i == 1:
                 layers["pool"] = pool(kernel_size=2, stride=2)
             if bn:
-                layers[f"norm{i}"] = norm = nn.BatchNorm2d(out_channels, momentum=config.batch_norm_momentum)
-                norm.weight.requires_grad_(config.norm_scale)
+                layers[f"norm{i}"] = nn.BatchNorm2d(out_channels, momentum=config.batch_norm_momentum)
             layers[f"act{i}"] = _activation(config.activation)
         if config.block_dropout > 0:
             layers["dropout"] = nn.Dropout(config.block_dropout)
@@ -98,7 +97,6 @@ class SmallCNNForImageClassification(SmallCNNPreTrainedModel):
             # (B, C, H, W) -> (B, 8C, H - 1, W - 1); weights set by `init_whitening`, then fixed.
             self.stem = nn.Sequential(OrderedDict(conv=nn.Conv2d(config.num_channels, config.stem_width, 2),
                                                   act=_activation(config.activation)))
-            self.stem.conv.weight.requires_grad_(False)
         else:
             self.stem = None
         blocks, in_channels = [], config.stem_width
@@ -123,6 +121,24 @@ class SmallCNNForImageClassification(SmallCNNPreTrainedModel):
         self.dropout = nn.Dropout(config.classifier_dropout) if config.classifier_dropout > 0 else None
         self.classifier = nn.Linear(features, config.num_labels)
         self.post_init()
+        self.freeze_fixed_weights()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading makes fresh parameters, all trainable: fix again the ones this network never trains.
+        model = super().from_pretrained(*args, **kwargs)
+        model.freeze_fixed_weights()
+        return model
+
+    def freeze_fixed_weights(self) -> None:
+        """requires_grad off for the weights that never train: the whitening stem's filters (set from the data)
+        and, without `norm_scale`, BatchNorm's scale (held at 1)."""
+        if self.stem is not None:
+            self.stem.conv.weight.requires_grad_(False)
+        if not self.config.norm_scale:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.weight.requires_grad_(False)
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:

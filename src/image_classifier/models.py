@@ -25,7 +25,7 @@ from .timm_models import (TIMM_OVERRIDES, check_pretrained_weights, create_timm_
                           save_timm_model, timm_data_config, timm_model_name)
 
 __all__ = ["PRESETS", "create_model", "count_parameters", "summarize_model", "is_timm_model", "input_normalization",
-           "save_pretrained", "train_stem_bias", "prepare_model_config"]
+           "save_pretrained", "train_stem_bias", "prepare_model_config", "load_trained_model", "replace_classifier"]
 
 # Shape options of each small-CNN preset (SmallCNNConfig keyword arguments).
 _AIRBENCH = dict(convs_per_block=2, kernel_size=3, pooling="max", batch_norm=True, activation="gelu",
@@ -86,6 +86,40 @@ def create_model(name: str, *, class_names: list[str], num_channels: int, image_
     config = SmallCNNConfig(num_channels=num_channels, image_size=image_size, **options,
                             id2label=id2label, label2id={label: i for i, label in id2label.items()})
     return SmallCNNForImageClassification(config)
+
+
+def load_trained_model(source: str, class_names: list[str]) -> PreTrainedModel:
+    """A model this project trained (folder or Hub id), to train further on data with `class_names`: its weights,
+    without the temperature a calibrated run folded into the classifier, and a new classifier where the classes
+    differ from the model's (by name or order; kept where they match, to continue training)."""
+    from transformers import TimmWrapperForImageClassification
+
+    from .calibration import unfold_temperature
+    from .model_folder import CONFIG, read_json
+
+    kind = (read_json(source, CONFIG) or {}).get("model_type")
+    cls = SmallCNNForImageClassification if kind == "small_cnn" else TimmWrapperForImageClassification
+    model = cls.from_pretrained(source)
+    unfold_temperature(model)
+    known = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    if known != list(class_names):
+        replace_classifier(model, class_names)
+    return model
+
+
+@torch.no_grad()
+def replace_classifier(model: PreTrainedModel, class_names: list[str]) -> None:
+    """A freshly initialised `len(class_names)`-way output layer (the small CNN's initialisation, or timm's
+    `reset_classifier`), and the config's labels set to `class_names`."""
+    if is_timm_model(model):
+        model.timm_model.reset_classifier(len(class_names))
+    else:
+        model.classifier = nn.Linear(model.classifier.in_features, len(class_names))
+        model._init_weights(model.classifier)
+    id2label = {i: str(label) for i, label in enumerate(class_names)}
+    model.config.num_labels = len(class_names)
+    model.config.id2label, model.config.label2id = id2label, {label: i for i, label in id2label.items()}
+    model.num_labels = len(class_names)
 
 
 def needs_data_init(model: nn.Module) -> bool:
@@ -251,6 +285,8 @@ def prepare_model_config(config) -> list[str]:
     from .config import ConfigError
 
     m, d = config.model, config.data
+    if m.saved:
+        return _prepare_saved_model(config)
     try:
         name = None if m.model in PRESETS else timm_model_name(m.model)
     except ValueError as error:
@@ -308,3 +344,29 @@ def prepare_model_config(config) -> list[str]:
     elif "." in name:
         notes.append(f"{name} names pretrained weights, but without --pretrained it trains from scratch")
     return notes
+
+
+def _prepare_saved_model(config) -> list[str]:
+    """`prepare_model_config` for a model this project trained: its input size and channels (from its config.json)
+    fix the data's; shape options and --pretrained do not apply. Returns the note to print."""
+    from .config import ConfigError
+    from .model_folder import CONFIG, read_json
+
+    m, d = config.model, config.data
+    saved = read_json(m.model, CONFIG) or {}
+    timm_input = (saved.get("pretrained_cfg") or {}).get("input_size")
+    size, channels = (int(timm_input[-1]), 3) if timm_input else (int(saved["image_size"]), int(saved["num_channels"]))
+    for flag, value in (("pretrained", m.pretrained), *m.overrides().items()):
+        if value:
+            raise ConfigError(flag, f"{m.model} is a trained model: its shape is fixed and its weights are its own; "
+                                    f"drop --{flag}")
+    for flag, value in (("image_size", size), ("num_channels", channels)):
+        if getattr(d, flag) not in (None, value):
+            raise ConfigError(flag, f"{m.model} takes {channels} x {size} x {size} images: its --{flag} is {value}; "
+                                    f"drop --{flag} (images are resized to it, and grayscale ones repeated into 3 "
+                                    "channels for an RGB model)")
+    d.image_size, d.num_channels = size, channels
+    if timm_input and d.crop_pct is None and (saved.get("pretrained_cfg") or {}).get("crop_pct"):
+        d.crop_pct = float(saved["pretrained_cfg"]["crop_pct"])
+    return [f"Fine-tuning {m.model} (built as {m.architecture}, {channels} x {size} x {size} input, trained with its "
+            f"recipe): its weights, its preprocessing, and a new classifier where the classes are not its own"]

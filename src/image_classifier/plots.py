@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -105,12 +105,15 @@ def plot_augmentation(original: Any, augmented: Any, path: str | os.PathLike) ->
     _save(fig, path)
 
 
-def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Loss and accuracy (train vs validation) per epoch, and the learning rate (per step when recorded)."""
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                         train_loss_note: Optional[str] = None) -> None:
+    """Loss and accuracy (train vs validation) per epoch, and the learning rate (per step when recorded).
+    `train_loss_note` says how the training loss differs from the validation's (label smoothing, mixing)."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, title in ((axes[0], "loss", "Cross-entropy loss"), (axes[1], "accuracy", "Accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        note = f" ({train_loss_note})" if key == "loss" and train_loss_note else ""
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train" + note)
         ax.plot(epochs, [h[f"eval_{key}"] for h in history], "s-", label="validation")
         ax.set_title(title)
         ax.set_xlabel("epoch")

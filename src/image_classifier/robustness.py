@@ -296,29 +296,14 @@ def robustness_command(args) -> int:
     """Run `robustness` for parsed arguments; return the exit status."""
     from pathlib import Path
 
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
     from . import model_folder, plots
-    from .augment import Normalize
-    from .config import parse_config
-    from .data import load_data
-    from .engine import build_accelerator
+    from .evaluation import load_saved_run
     from .files import write_json
 
-    folder = Path(args.model)
-    if not (folder / model_folder.TRAINING_CONFIG).is_file():
-        raise FileNotFoundError(f"{folder} has no {model_folder.TRAINING_CONFIG}: pass the folder of a finished "
-                                "training run")
-    config = parse_config([str(folder / model_folder.TRAINING_CONFIG),
-                           *(["--dataset", args.dataset] if args.dataset else [])])
-    data = load_data(config.data, seed=config.train.seed)
-    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
-    processor = AutoImageProcessor.from_pretrained(folder)
-    normalize = Normalize.from_processor(processor)
-    accelerator = build_accelerator(config)
-    report = measure_robustness(accelerator.prepare(model), normalize, data.eval_view("test"), config, accelerator,
+    run = load_saved_run(args.model, args.dataset)
+    report = measure_robustness(run.model, run.normalize, run.data.eval_view("test"), run.config, run.accelerator,
                                 args.num_images)
-    if args.output_dir and accelerator.is_main_process:
+    if args.output_dir and run.accelerator.is_main_process:
         out = Path(args.output_dir)
         write_json(out / model_folder.ROBUSTNESS, report)
         plots.plot_robustness(report, out / "robustness.png")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -25,9 +25,9 @@ from .files import check_writable, disk_full_is_an_error, write_json, write_text
 from .interrupt import StopOnSignal, resume_command
 from .transforms import build_photo_processor
 
-__all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "train_model", "evaluate_model",
+__all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "build_saved_model", "train_model", "evaluate_model",
            "calibrate_model", "build_augment", "predict_float32", "check_output_dir",
-           "describe_hardware", "save_model_folder"]
+           "describe_hardware", "save_model_folder", "describe_finish", "train_loss_note"]
 
 
 def check_output_dir(config: Config) -> None:
@@ -122,9 +122,14 @@ def run(config: Config) -> Optional[dict[str, Any]]:
         save_model_folder(model, normalize, data, result.state, results, test_predictions, out, report)
     accelerator.wait_for_everyone()
     if config.train.report_to != "none":
+        accelerator.log({f"final/{k}": v for k, v in results.items() if isinstance(v, (int, float))},
+                        step=result.state.global_step)
         accelerator.end_training()
+    pushed = None
     if config.hub.push_to_hub and accelerator.is_main_process:
-        hub.push_to_hub(out, config.hub.hub_model_id, private=config.hub.hub_private_repo, token=config.hub.hub_token)
+        pushed = hub.push_to_hub(out, config.hub.hub_model_id, private=config.hub.hub_private_repo,
+                                 token=config.hub.hub_token)
+    accelerator.print(describe_finish(out, results, pushed))
     return results
 
 
@@ -149,7 +154,8 @@ def follow_the_data(config: Config) -> tuple["data_stage.DataSource", list[str]]
 
 def describe_recipe(config: Config, accelerator: Accelerator) -> str:
     """The start-of-run line: the recipe, the device and model, and the value of each flag it fills."""
-    values = {flag: getattr(config.train, flag) for flag in recipes.RECIPE_FLAGS}
+    values = {flag: getattr(config.train, flag) for flag in recipes.RECIPE_FLAGS
+              if flag != "momentum" or config.train.optimizer in ("sgd", "muon")}    # Adam's betas are not momentum
     return recipes.describe(config.train.recipe, {**values, "mixed_precision": accelerator.mixed_precision},
                             f"{accelerator.device.type} ({config.model.model})")
 
@@ -165,11 +171,12 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
     # One view per image, as pipeline() and the app see it: calibration is fitted and reported on these. The test
     # split's is always needed (test_accuracy_without_tta); validation's only to calibrate or without TTA.
     needed = ("validation", "test") if config.train.calibrate or result.tta == "none" else ("test",)
-    single = {split: predict_float32(model, data.tensors[split], normalize, accelerator, config) for split in needed}
+    def score_one_view() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {split: predict_float32(model, data.tensors[split], normalize, accelerator, config) for split in needed}
+
+    single = score_one_view()
     if config.train.calibrate:
-        results.update(calibrate_model(model, single))
-        temperature = results["temperature"]
-        single = {split: (logits / temperature, labels) for split, (logits, labels) in single.items()}
+        single = calibrate_model(model, single, results, score_one_view)
     predictions = {}
     for split, prefix in (("validation", "eval"), ("test", "test")):
         predictions[split] = (single[split] if result.tta == "none" else
@@ -193,24 +200,30 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
     return results, predictions["test"]
 
 
-def calibrate_model(model: torch.nn.Module, single: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def calibrate_model(model: torch.nn.Module, single: dict[str, tuple[np.ndarray, np.ndarray]], results: dict[str, Any],
+                    score: Callable[[], dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, tuple[np.ndarray,
+                                                                                              np.ndarray]]:
     """Fit a temperature on the validation logits and fold it into the model (`calibration.fold_temperature`).
-    `single`: one-view (logits, labels) per split, before. Returns the temperature, the test ECE/NLL/Brier before
-    (`_uncalibrated`) and after, and the reliability diagram's bins of both."""
+    `single`: one-view (logits, labels) per split, before; `score()` computes them again. Adds to `results` the
+    temperature, the test ECE/NLL/Brier before (`_uncalibrated`) and after, and the reliability diagram's bins of
+    both. Returns the folded model's one-view scores: exactly what the saved model gives (`evaluate`), not the
+    logits divided by the temperature, which differ in the last digits."""
     temperature = calibration.fit_temperature(*single["validation"])
     calibration.fold_temperature(model, temperature)
-    logits, labels = single["test"]
-    out: dict[str, Any] = {"temperature": temperature}
-    for suffix, scaled in (("_uncalibrated", logits), ("", logits / temperature)):
-        out.update({f"test_{k}{suffix}": v for k, v in calibration.calibration_metrics(scaled, labels).items()})
-        out[f"test_reliability{suffix}"] = calibration.reliability_bins(scaled, labels)
-    return out
+    after = score()
+    results["temperature"] = temperature
+    for suffix, (logits, labels) in (("_uncalibrated", single["test"]), ("", after["test"])):
+        results.update({f"test_{k}{suffix}": v for k, v in calibration.calibration_metrics(logits, labels).items()})
+        results[f"test_reliability{suffix}"] = calibration.reliability_bins(logits, labels)
+    return after
 
 
 def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.Module, Normalize]:
     """The --model for this data, and the normalisation its inputs take: the training split's statistics, or a
     timm model's own (its pretrained weights expect them). A patch-whitening stem is fit to the first 5,000
     normalised training images here."""
+    if config.model.saved:     # fine-tuning a model this project trained: its weights and normalisation
+        return build_saved_model(config, data)
     try:
         model = models.create_model(config.model.model, class_names=data.class_names, num_channels=data.num_channels,
                                     image_size=data.image_size, overrides=config.model.overrides(),
@@ -223,6 +236,15 @@ def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.
         sample = range(min(len(train), 5000 if data.path == "resident" else 512))
         models.init_from_data(model, normalize(train.images_at(sample)))
     return model, normalize
+
+
+def build_saved_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.Module, Normalize]:
+    """The model --model names (a folder or Hub id this project wrote) for this data's classes, and the
+    normalisation its saved processor applies: the one its weights learned with (its whitening stem is kept)."""
+    from transformers import AutoImageProcessor
+
+    model = models.load_trained_model(config.model.model, data.class_names)
+    return model, Normalize.from_processor(AutoImageProcessor.from_pretrained(config.model.model))
 
 
 def fit_batch_in_memory(model: torch.nn.Module, data: "data_stage.ImageData", config: Config,
@@ -312,7 +334,8 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
     test_view, probs = data.eval_view("test"), metrics.softmax(logits)
     plot = model_folder.plot_file
     optional = [   # (path in the folder, its writer); the card last, as it is filled from the files before it
-        (plot(".", "learning_curves"), lambda path: plots.plot_learning_curves(state.history, path)),
+        (plot(".", "learning_curves"), lambda path: plots.plot_learning_curves(
+            state.history, path, train_loss_note(model_folder.read_json(out, model_folder.TRAINING_CONFIG, {})))),
         (plot(".", "confusion_matrix"), lambda path: plots.plot_confusion_matrix(
             np.asarray(results["test_confusion_matrix"]), data.class_names, path)),
         *([(plot(".", "reliability"), lambda path: plots.plot_reliability(
@@ -334,6 +357,29 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
             f"trained weights. Free some space, then finish the run with:\n  {resume_command()}")
     with disk_full_is_an_error("the model files", out, kept):
         model_folder.write_model_folder(out, save_weights, results, state.history, optional)
+
+
+def train_loss_note(training: dict[str, Any]) -> Optional[str]:
+    """How a run's training loss differs from plain cross-entropy on the images (validation's), or None."""
+    notes = [f"label smoothing {training['label_smoothing']:g}" if training.get("label_smoothing") else "",
+             "on mixed images" if training.get("mixup_alpha") or training.get("cutmix_alpha") else ""]
+    return ", ".join(n for n in notes if n) or None
+
+
+def describe_finish(out: Path, results: dict[str, Any], pushed: Optional[str] = None) -> str:
+    """The end-of-run lines: where the model folder is, the headline test metrics, the commands to go on with."""
+    folder = str(out)
+    metrics = "  ".join(f"{name} {100 * results[f'test_{key}']:.2f} %" for key, name in (
+        ("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1")))
+    push = (f"  # pushed to {pushed}" if pushed else
+            f"\n  python -m image_classifier push {folder} --hub_model_id USER/NAME        # share it on the Hub")
+    return (f"Done. The model folder is {folder} (card: {out / model_folder.CARD}, plots: {out / model_folder.PLOTS}).\n"
+            f"Test, {results['test_num_samples']:,} images: {metrics} (macro)  loss {results['test_loss']:.4f}\n"
+            f"Next:\n"
+            f"  python app.py --model {folder}                                    # try it in the browser\n"
+            f"  python -m image_classifier predict IMAGES_OR_FOLDER --model {folder} --output predictions.csv\n"
+            f"  python -m image_classifier evaluate --model {folder} --dataset OTHER_DATASET"
+            + push)
 
 
 def _scalars(flat: dict[str, Any]) -> dict[str, Any]:
