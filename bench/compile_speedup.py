@@ -23,7 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 
 from image_classifier.engine import default_precision  # noqa: E402
 from image_classifier.models import create_model  # noqa: E402
-from timing import bench_device, synchronize, time_steps  # noqa: E402
+from timing import bench_device, describe_host, synchronize, time_steps  # noqa: E402
 
 
 def measure(name: str, batch_size: int, steps: int, min_seconds: float, compiled: bool, device: torch.device,
@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps, at least")
     p.add_argument("--min_seconds", type=float, default=2.0, help="seconds each variant is timed for, at least")
     args = p.parse_args()
+    print(describe_host())       # beside every figure: they hold for this host only
     device, name = bench_device()
     bf16 = default_precision(None, args.model) == "bf16"
     print(f"{args.model}, batch {args.batch_size}, 32x32 RGB, channels_last, {'bf16 autocast' if bf16 else 'fp32'}, "

@@ -41,7 +41,7 @@ from image_classifier import data as data_stage  # noqa: E402
 from image_classifier import engine, models  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.runner import build_model, run  # noqa: E402
-from timing import time_steps  # noqa: E402
+from timing import describe_host, time_steps  # noqa: E402
 
 
 class PeakMemory:
@@ -121,6 +121,7 @@ def main() -> None:
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)       # train.py flags follow a lone --
     args = p.parse_args(argv[:split])
+    print(describe_host())       # beside every figure: they hold for this host only
     args.train_args = argv[split + 1:]
     cache_root = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
     cache_before = folder_bytes(cache_root)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -23,16 +22,18 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
 from image_classifier import interpretation, metrics  # noqa: E402
 from image_classifier.evaluation import load_saved_run  # noqa: E402
+from timing import describe_host  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="outputs/cifar10", help="a finished run's folder (default outputs/cifar10)")
     args = parser.parse_args()
+    print(describe_host())       # beside every figure: they hold for this host only
     folder = Path(args.model)
     saved = load_saved_run(str(folder))
     data, model, normalize = saved.data, saved.model, saved.normalize
@@ -46,8 +47,7 @@ def main() -> None:
     single = run.get("test_accuracy_without_tta", run["test_accuracy"])
     print(f"model   {folder}: {model.config.model_type}, single-view test accuracy {single:.4f} in metrics.json, "
           f"{(probs.argmax(1) == labels).mean():.4f} recomputed here, on {len(labels):,} test images")
-    print(f"host    {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
-          f"the run trained {run['train_seconds']:.1f} s on {run.get('hardware')}")
+    print(f"run     trained {run['train_seconds']:.1f} s on {run.get('hardware')}")
     writers = {"top_losses.png": lambda p: interpretation.write_top_losses(model, normalize, view, labels, probs,
                                                                          data.class_names, p),
                "gradcam.png": lambda p: interpretation.write_cam_grid(model, normalize, view, labels, probs,

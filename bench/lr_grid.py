@@ -18,6 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import describe_host  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--grid", default="1e-4,3e-4,1e-3,3e-3,1e-2", help="comma-separated learning rates")
     args = parser.parse_args(argv)
+    print(describe_host())       # beside every figure: they hold for this host only
     train_flags = ["--dataset", args.dataset, *flags]
     with tempfile.TemporaryDirectory(prefix="lr-grid-") as tmp:
         started = time.perf_counter()

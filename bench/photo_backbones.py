@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
-from timing import bench_device, time_steps  # noqa: E402
+from timing import bench_device, describe_host, time_steps  # noqa: E402
 
 CANDIDATES = ["resnet10t", "resnet18", "resnet18d", "mobilenetv3_large_100", "efficientnet_b0", "resnet26t",
               "convnext_atto"]
@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=32, help="images per step")
     p.add_argument("--min_seconds", type=float, default=5.0, help="each model is timed for at least this long")
     args = p.parse_args()
+    print(describe_host())       # beside every figure: they hold for this host only
     import timm
 
     device, name = bench_device()

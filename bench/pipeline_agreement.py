@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.data import load_data  # noqa: E402
+from timing import describe_host  # noqa: E402
 
 
 def main() -> None:
@@ -28,6 +29,7 @@ def main() -> None:
     p.add_argument("output_dir", help="a model folder train.py wrote")
     p.add_argument("--batch_size", type=int, default=64, help="images per pipeline() forward pass")
     args = p.parse_args()
+    print(describe_host())       # beside every figure: they hold for this host only
     import datasets
     from transformers import pipeline
 

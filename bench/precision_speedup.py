@@ -16,7 +16,7 @@ import argparse
 
 from compile_speedup import measure          # first: it puts src/ on sys.path
 from image_classifier.engine import default_precision  # noqa: E402
-from timing import bench_device  # noqa: E402
+from timing import bench_device, describe_host  # noqa: E402
 
 
 def main() -> None:
@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps, at least")
     p.add_argument("--min_seconds", type=float, default=10.0, help="seconds each variant is timed for, at least")
     args = p.parse_args()
+    print(describe_host())       # beside every figure: they hold for this host only
     device, name = bench_device()
     print(f"batch {args.batch_size}, channels_last, eager, on {name}")
     for model in args.models:

@@ -41,7 +41,7 @@ from image_classifier.images import load_image  # noqa: E402
 from image_classifier.inference import Predictor  # noqa: E402
 from image_classifier.interpretation import Explainer  # noqa: E402
 from image_classifier.model_folder import find_latest_model  # noqa: E402
-from timing import synchronize, time_steps  # noqa: E402
+from timing import describe_host, synchronize, time_steps  # noqa: E402
 
 
 def parse_args():
@@ -99,6 +99,7 @@ def _throughput(fn, images: int, device: torch.device, min_seconds: float = 1.0)
 
 def main():
     args = parse_args()
+    print(describe_host())       # beside every figure: they hold for this host only
     if args.preset:
         model_id, what = _preset_folder(args.preset, args.image_size, args.num_classes), f"untrained {args.preset}"
     else:

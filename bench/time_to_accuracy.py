@@ -46,8 +46,9 @@ from image_classifier import engine, models, optim  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.data import ImageTensors, load_data  # noqa: E402
 from image_classifier.metrics import compute_metrics  # noqa: E402
-from image_classifier.runner import build_model, describe_hardware, predict_float32, train_model  # noqa: E402
-from timing import time_steps  # noqa: E402
+from image_classifier.engine import predict_float32  # noqa: E402
+from image_classifier.runner import build_model, describe_hardware, train_model  # noqa: E402
+from timing import describe_host, time_steps  # noqa: E402
 
 THRESHOLDS = (0.85, 0.90, 0.93)
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
@@ -190,6 +191,7 @@ def _fmt_ratio(value) -> str:
 
 def main() -> None:
     args = parse_args()
+    print(describe_host())       # beside every figure: they hold for this host only
     runs = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         r = run_seed(seed, args)
@@ -220,8 +222,8 @@ def main() -> None:
                    efficiency=round(_mean(r["efficiency"] for r in runs), 3),
                    efficiency_after_epoch_1=_round(_mean(r["efficiency_after_epoch_1"] for r in runs), 3),
                    device=runs[0]["device"], seeds=args.seeds, first_seed=args.first_seed,
-                   train_images=runs[0]["train_images"], flags=" ".join(args.train_flags))
-    print(f"\nmean of {args.seeds} seed(s): " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "flags"))
+                   train_images=runs[0]["train_images"], flags=" ".join(args.train_flags), host=describe_host())
+    print(f"\nmean of {args.seeds} seed(s): " + ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("flags", "host")))
     print(json.dumps(summary))
 
 

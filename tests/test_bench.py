@@ -35,7 +35,8 @@ def test_time_to_accuracy_prints_the_mean_curve_and_one_json_line(tiny_image_fol
     summary = json.loads(lines[-1])
     assert set(summary) >= {"seconds_to_85", "seconds_to_90", "seconds_to_93", "final_accuracy",
                             "images_per_second", "efficiency", "efficiency_after_epoch_1", "device",
-                            "final_accuracy_float32", "mixed_precision"}
+                            "final_accuracy_float32", "mixed_precision", "host"}
+    assert summary["host"].startswith("host: ") and lines[0].startswith("host: ")
     assert summary["seeds"] == 2 and summary["first_seed"] == 1 and summary["device"].startswith("1x CPU")
     assert 0 <= summary["final_accuracy"] <= 1 and summary["images_per_second"] > 0 and summary["efficiency"] > 0
     # The same trained network scored again in float32 (the same figure where training ran in it).

@@ -437,3 +437,17 @@ def test_train_push_and_load(hub, hub_env, tiny_image_folder, tmp_path):
     result = _pull(hub_env, tmp_path / "elsewhere", f"{USER}/trained", out)
     assert result["hub"]["pipeline"] == result["local"]["pipeline"]
     np.testing.assert_allclose(result["hub"]["logits"], result["local"]["logits"], atol=1e-6)
+    # The Hub id in place of the folder: evaluated with the run's data, and fine-tuned as a starting point.
+    evaluated = subprocess.run([sys.executable, "-m", "image_classifier", "evaluate", "--model", f"{USER}/trained"],
+                               env={**hub_env, "HF_TOKEN": WRITE_TOKEN}, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"test accuracy {metrics.get('test_accuracy_without_tta', metrics['test_accuracy']):.4f}" in evaluated.stdout
+    tuned = subprocess.run(
+        [sys.executable, str(root / "train.py"), "--dataset", str(images), "--output_dir", str(tmp_path / "tuned"),
+         "--model", f"{USER}/trained", "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
+         "--validation_split_fraction", "0.2", "--test_split_fraction", "0.2", "--cache_dir", str(tmp_path / "cache")],
+        env={**hub_env, "HF_TOKEN": WRITE_TOKEN}, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    assert f"Fine-tuning {USER}/trained (built as cnn-basic" in tuned.stdout
+    assert json.loads((tmp_path / "tuned" / "training_config.json").read_text())["label_smoothing"] == 0

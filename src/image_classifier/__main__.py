@@ -103,8 +103,9 @@ COMMANDS: list[Callable] = [_add_push, _add_deploy_space, _add_predict, _add_eva
 
 def build_parser() -> argparse.ArgumentParser:
     prog = "python -m image_classifier" if os.path.basename(sys.argv[0]) == "__main__.py" else "image-classifier"
-    parser = argparse.ArgumentParser(prog=prog, description="Image classifier tools: push a trained model to the "
-                                                            "Hub, deploy the app as a Space, classify image files and show where the model looks.")
+    parser = argparse.ArgumentParser(prog=prog, description="Image classifier tools: classify, evaluate, explain and "
+                                                            "export a trained model, push it to the Hub, deploy the app "
+                                                            "as a Space, find a learning rate.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)

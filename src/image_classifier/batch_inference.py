@@ -21,7 +21,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
 
 from .images import ImageError, ImageLike, load_image
 
-__all__ = ["Input", "Row", "list_inputs", "classify_inputs", "write_rows", "add_predict_command", "predict_command", "OUTPUT_FORMATS"]
+__all__ = ["Input", "Row", "list_inputs", "classify_inputs", "write_rows", "add_predict_command", "predict_command",
+           "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".json")       # --output suffixes: a table, or one JSON object per line
 CHUNK = 64                                         # images decoded per task; the Predictor batches them itself

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .recipes import (LABEL_SMOOTHING, LABEL_SMOOTHING_DEFAULT, MODEL_RECIPES, OPTIMIZERS, PHOTO_IMAGE_SIZE,
-                      PHOTO_MODEL, PHOTO_SIDE, RECIPES, RESIDENT_MAX_GIB, DataTraits, choose_data_path, default_model, optimizer_defaults,
-                      photo_image_size, recipe_for, schedule_defaults)
+                      PHOTO_MODEL, PHOTO_SIDE, RECIPES, RESIDENT_MAX_GIB, DataTraits, choose_data_path, default_model,
+                      optimizer_defaults, photo_image_size, recipe_for, schedule_defaults)
 
 __all__ = [
     "ConfigError",

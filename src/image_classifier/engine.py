@@ -41,6 +41,7 @@ __all__ = [
     "build_scheduler",
     "fit",
     "predict",
+    "predict_float32",
     "find_checkpoint",
 ]
 
@@ -319,6 +320,15 @@ def predict(model, loader, normalize: Callable, accelerator: Accelerator,
     logits, labels = np.concatenate(all_logits), np.concatenate(all_labels)
     kept = labels != SKIPPED             # the streaming path's undecodable images (each warned about once)
     return (logits, labels) if kept.all() else (logits[kept], labels[kept])
+
+
+def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Callable, accelerator: Accelerator,
+                    config: Config, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """`predict` over every image of `split` once, in float32 whatever the training's precision: pass the
+    network `plain_model` returned. Returns logits (N, K) and labels (N,)."""
+    loader = accelerator.prepare(build_loader(split, config.train.per_device_eval_batch_size, False,
+                                                     config.data.dataloader_num_workers or 0, persistent=False))
+    return predict(model, loader, normalize, accelerator, tta, mixed_precision=False)
 
 
 class ResidentBatches:

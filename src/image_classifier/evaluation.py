@@ -94,7 +94,7 @@ def evaluate_saved(run: SavedRun, split: str = "test", tta: str = "none") -> tup
     metrics (keys prefixed as in metrics.json, plus ECE/NLL/Brier), the logits (N, K) and the labels (N,) in
     the model's class order."""
     from . import calibration, metrics
-    from .runner import predict_float32
+    from .engine import predict_float32
 
     if split not in run.data.tensors:
         raise FileNotFoundError(f"the dataset has no {split!r} split (it has {', '.join(run.data.tensors)})")

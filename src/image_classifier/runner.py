@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
-from torch.utils.data import Dataset
 
 from . import data as data_stage
 from . import (calibration, card, engine, explore, hub, interpretation, metrics, model_folder, models, plots, recipes,
@@ -26,7 +25,7 @@ from .interrupt import StopOnSignal, resume_command
 from .transforms import build_photo_processor
 
 __all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "build_saved_model", "train_model", "evaluate_model",
-           "calibrate_model", "build_augment", "predict_float32", "check_output_dir",
+           "calibrate_model", "build_augment", "check_output_dir",
            "describe_hardware", "save_model_folder", "describe_finish", "train_loss_note"]
 
 
@@ -171,16 +170,19 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
     # One view per image, as pipeline() and the app see it: calibration is fitted and reported on these. The test
     # split's is always needed (test_accuracy_without_tta); validation's only to calibrate or without TTA.
     needed = ("validation", "test") if config.train.calibrate or result.tta == "none" else ("test",)
+
+    def score(split: str, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+        return engine.predict_float32(model, data.tensors[split], normalize, accelerator, config, tta)
+
     def score_one_view() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return {split: predict_float32(model, data.tensors[split], normalize, accelerator, config) for split in needed}
+        return {split: score(split) for split in needed}
 
     single = score_one_view()
     if config.train.calibrate:
         single = calibrate_model(model, single, results, score_one_view)
     predictions = {}
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        predictions[split] = (single[split] if result.tta == "none" else
-                              predict_float32(model, data.tensors[split], normalize, accelerator, config, result.tta))
+        predictions[split] = single[split] if result.tta == "none" else score(split, result.tta)
         results.update(metrics.compute_metrics(*predictions[split], data.class_names, prefix=prefix))
     results["tta"] = result.tta
     if result.tta != "none":    # what pipeline() and the app see: one view per image
@@ -303,15 +305,6 @@ def build_augment(config: Config, data: "data_stage.ImageData", normalize: Norma
     `normalize`'s mean and std."""
     return BatchAugment(config.data, data.class_names, normalize.mean.tolist(), normalize.std.tolist(),
                         per_sample=data.path == "streaming")
-
-
-def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Normalize, accelerator: Accelerator,
-                    config: Config, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """engine.predict over every image of `split` once, in float32 whatever the training's precision: pass the
-    network `engine.plain_model` returned. Returns logits (N, K) and labels (N,)."""
-    loader = accelerator.prepare(engine.build_loader(split, config.train.per_device_eval_batch_size, False,
-                                                     config.data.dataloader_num_workers or 0, persistent=False))
-    return engine.predict(model, loader, normalize, accelerator, tta, mixed_precision=False)
 
 
 def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData",
