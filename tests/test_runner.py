@@ -293,3 +293,13 @@ def test_a_trained_model_s_fixed_shape_is_not_changed_by_flags(finished, tiny_im
     config = parse_config(fine_tune_args(tiny_image_folder, tmp_path / "out", finished, f"--{flag}", value))
     with pytest.raises(ConfigError, match=f"--{flag}"):
         runner.follow_the_data(config)
+
+
+def test_a_model_path_that_holds_no_trained_model_says_so(tmp_path):
+    from image_classifier.models import prepare_model_config
+
+    for name, why in ((str(tmp_path / "nope"), "(no such folder)"), (str(tmp_path), "holds no model this project")):
+        config = parse_config(["--model", name, "--output_dir", str(tmp_path / "out")])
+        assert not config.model.saved
+        with pytest.raises(ConfigError, match=r"unknown model .*" + why.replace("(", r"\(").replace(")", r"\)")):
+            prepare_model_config(config)

@@ -293,8 +293,9 @@ def prepare_model_config(config) -> list[str]:
         raise ConfigError("model", str(error)) from None
     if name is None:
         if m.model not in PRESETS:
-            raise ConfigError("model", f"unknown model {m.model!r}; choose one of: {', '.join(PRESETS)}, or a timm "
-                                       "architecture as timm/NAME (for example timm/resnet10t)")
+            raise ConfigError("model", f"unknown model {m.model!r}{_not_a_model_folder(m.model)}; choose one of: "
+                                       f"{', '.join(PRESETS)}, a timm architecture as timm/NAME (for example "
+                                       "timm/resnet10t), or the folder (or Hub id) of a model this project trained")
         for flag, value in (("pretrained", m.pretrained), ("freeze_backbone_epochs", m.freeze_backbone_epochs),
                             ("backbone_learning_rate", m.backbone_learning_rate)):
             if value:
@@ -344,6 +345,15 @@ def prepare_model_config(config) -> list[str]:
     elif "." in name:
         notes.append(f"{name} names pretrained weights, but without --pretrained it trains from scratch")
     return notes
+
+
+def _not_a_model_folder(name: str) -> str:
+    """Why a path given as --model is no model to fine-tune ('' for a name that is not a path)."""
+    from .files import looks_like_local_path
+
+    if os.path.isdir(name):
+        return " (that folder holds no model this project trained: no config.json of a small CNN or timm model)"
+    return " (no such folder)" if looks_like_local_path(name) else ""
 
 
 def _prepare_saved_model(config) -> list[str]:
