@@ -327,7 +327,7 @@ def predict_float32(model: torch.nn.Module, split: Dataset, normalize: Callable,
     """`predict` over every image of `split` once, in float32 whatever the training's precision: pass the
     network `plain_model` returned. Returns logits (N, K) and labels (N,)."""
     loader = accelerator.prepare(build_loader(split, config.train.per_device_eval_batch_size, False,
-                                                     config.data.dataloader_num_workers or 0, persistent=False))
+                                              config.data.dataloader_num_workers or 0, persistent=False))
     return predict(model, loader, normalize, accelerator, tta, mixed_precision=False)
 
 

@@ -24,9 +24,9 @@ from .files import check_writable, disk_full_is_an_error, write_json, write_text
 from .interrupt import StopOnSignal, resume_command
 from .transforms import build_photo_processor
 
-__all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "build_saved_model", "train_model", "evaluate_model",
-           "calibrate_model", "build_augment", "check_output_dir",
-           "describe_hardware", "save_model_folder", "describe_finish", "train_loss_note"]
+__all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "build_saved_model", "train_model",
+           "evaluate_model", "calibrate_model", "build_augment", "check_output_dir", "describe_hardware",
+           "save_model_folder", "describe_finish", "train_loss_note"]
 
 
 def check_output_dir(config: Config) -> None:
@@ -179,7 +179,8 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
 
     single = score_one_view()
     if config.train.calibrate:
-        single = calibrate_model(model, single, results, score_one_view)
+        found, single = calibrate_model(model, single, score_one_view)
+        results.update(found)
     predictions = {}
     for split, prefix in (("validation", "eval"), ("test", "test")):
         predictions[split] = single[split] if result.tta == "none" else score(split, result.tta)
@@ -202,22 +203,21 @@ def evaluate_model(model: torch.nn.Module, normalize: Normalize, data: "data_sta
     return results, predictions["test"]
 
 
-def calibrate_model(model: torch.nn.Module, single: dict[str, tuple[np.ndarray, np.ndarray]], results: dict[str, Any],
-                    score: Callable[[], dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, tuple[np.ndarray,
-                                                                                              np.ndarray]]:
+def calibrate_model(model: torch.nn.Module, single: dict[str, tuple[np.ndarray, np.ndarray]],
+                    score: Callable[[], dict[str, tuple[np.ndarray, np.ndarray]]]) -> tuple[dict[str, Any], dict]:
     """Fit a temperature on the validation logits and fold it into the model (`calibration.fold_temperature`).
-    `single`: one-view (logits, labels) per split, before; `score()` computes them again. Adds to `results` the
-    temperature, the test ECE/NLL/Brier before (`_uncalibrated`) and after, and the reliability diagram's bins of
-    both. Returns the folded model's one-view scores: exactly what the saved model gives (`evaluate`), not the
-    logits divided by the temperature, which differ in the last digits."""
+    `single`: one-view (logits, labels) per split, before; `score()` computes them again. Returns the temperature,
+    the test ECE/NLL/Brier before (`_uncalibrated`) and after and the reliability diagram's bins of both; and the
+    folded model's one-view scores: exactly what the saved model gives (`evaluate`), not the logits divided by the
+    temperature, which differ in the last digits."""
     temperature = calibration.fit_temperature(*single["validation"])
     calibration.fold_temperature(model, temperature)
     after = score()
-    results["temperature"] = temperature
+    found: dict[str, Any] = {"temperature": temperature}
     for suffix, (logits, labels) in (("_uncalibrated", single["test"]), ("", after["test"])):
-        results.update({f"test_{k}{suffix}": v for k, v in calibration.calibration_metrics(logits, labels).items()})
-        results[f"test_reliability{suffix}"] = calibration.reliability_bins(logits, labels)
-    return after
+        found.update({f"test_{k}{suffix}": v for k, v in calibration.calibration_metrics(logits, labels).items()})
+        found[f"test_reliability{suffix}"] = calibration.reliability_bins(logits, labels)
+    return found, after
 
 
 def build_model(config: Config, data: "data_stage.ImageData") -> tuple[torch.nn.Module, Normalize]:
