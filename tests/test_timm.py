@@ -313,7 +313,7 @@ def test_pretrained_input_size_is_the_weights_own_by_default(timm_weights_on_hub
     (["--model", "cnn-fast", "--backbone_learning_rate", "0.01"], "backbone_learning_rate", "timm models only"),
     (["--model", "timm/resnet10x"], "model", "close names: resnet10t"),
     (["--model", "timm/resnet10t.nope"], "model", "its tags: c3_in1k"),
-    (["--model", "resnet-9000"], "model", "cnn-basic, cnn-fast, cnn-wide, or a timm architecture"),
+    (["--model", "resnet-9000"], "model", "cnn-basic, cnn-fast, cnn-wide, a timm architecture"),
     (["--model", "timm/resnet10t", "--widths", "8", "16"], "widths", "small-CNN presets"),
     (["--model", "timm/resnet10t", "--num_channels", "1"], "num_channels", "RGB"),
     (["--model", "cnn-basic", "--progressive_resize_epochs", "2"], "progressive_resize_epochs", "fixed-size feature map"),
