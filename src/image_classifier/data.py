@@ -53,6 +53,7 @@ __all__ = [
     "DataSource",
     "ImageData",
     "ImageTensors",
+    "decoded_images",
     "build_image_processor",
 ]
 
@@ -133,6 +134,14 @@ class ImageData:
     def eval_view(self, split: str):
         """The split as evaluation sees it (no random transforms): for plots, examples and statistics."""
         return self.eval_views.get(split, self.tensors[split])
+
+
+def decoded_images(view, count: Optional[int] = None) -> tuple[torch.Tensor, np.ndarray]:
+    """The first `count` images of an evaluation view, each decoded once: uint8 (N, C, S, S) and int64 labels (N,),
+    without the undecodable ones (the streaming path's, labelled -1)."""
+    items = [view[i] for i in range(min(len(view), count or len(view)))]
+    items = [(image, label) for image, label in items if label >= 0]
+    return torch.stack([image for image, _ in items]), np.array([label for _, label in items], dtype=np.int64)
 
 
 @dataclass

@@ -49,6 +49,7 @@ def load_saved_run(source: str, dataset: Optional[str] = None, **hub_kwargs) -> 
     from .config import parse_config
     from .data import load_data
     from .engine import build_accelerator, plain_model
+    from .models import class_names_of
 
     saved = model_folder.read_json(source, model_folder.TRAINING_CONFIG, **hub_kwargs)
     if not isinstance(saved, dict):
@@ -66,9 +67,7 @@ def load_saved_run(source: str, dataset: Optional[str] = None, **hub_kwargs) -> 
     model = plain_model(accelerator, accelerator.prepare(model))
     if config.train.channels_last:       # as the run scored it: the memory format moves the last digits of the logits
         model = model.to(memory_format=torch.channels_last)
-    id2label = model.config.id2label
-    class_names = [str(id2label[i]) for i in range(len(id2label))]
-    return SavedRun(source, config, data, model, normalize, accelerator, class_names)
+    return SavedRun(source, config, data, model, normalize, accelerator, class_names_of(model))
 
 
 def match_classes(model_classes: Sequence[str], data_classes: Sequence[str]) -> np.ndarray:
@@ -120,8 +119,7 @@ def compare_with_run(results: dict[str, Any], saved: dict[str, Any]) -> list[str
         saved = {"test_accuracy": saved.get("test_accuracy_without_tta"), **{k: saved.get(k) for k in one_view}}
     elif results.get("tta") != "none":
         saved = {k: v for k, v in saved.items() if k not in one_view}
-    shared = [k for k in results if saved.get(k) is not None and isinstance(results[k], (int, float, list, dict))
-              and k not in ("images_per_second",)]
+    shared = [k for k in results if saved.get(k) is not None and isinstance(results[k], (int, float, list, dict))]
     return [f"{k}: {saved[k]} -> {results[k]}" for k in shared if saved[k] != results[k]] + \
         [f"({len(shared)} metrics compared)"]
 

@@ -169,11 +169,10 @@ def add_export_command(subparsers) -> None:
 
 def _test_pixels(run, num_images: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
     """The run's test split as the exported graph takes it: normalised float32 (N, C, S, S), and the labels."""
-    view = run.data.eval_view("test")
-    count = min(len(view), num_images or len(view))
-    pixels = run.normalize(view.images_at(range(count))).float().contiguous().numpy()
-    labels = np.array([view[i][1] for i in range(count)])
-    return pixels, labels
+    from .data import decoded_images
+
+    images, labels = decoded_images(run.data.eval_view("test"), num_images)
+    return run.normalize(images).float().contiguous().numpy(), labels
 
 
 def export_and_check(folder: Path, num_images: Optional[int] = None, int8: bool = False) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from .timm_models import (TIMM_OVERRIDES, check_pretrained_weights, create_timm_
                           save_timm_model, timm_data_config, timm_model_name)
 
 __all__ = ["PRESETS", "create_model", "count_parameters", "summarize_model", "is_timm_model", "input_normalization",
-           "save_pretrained", "train_stem_bias", "prepare_model_config", "load_trained_model", "replace_classifier"]
+           "save_pretrained", "train_stem_bias", "prepare_model_config", "load_trained_model", "replace_classifier",
+           "class_names_of"]
 
 # Shape options of each small-CNN preset (SmallCNNConfig keyword arguments).
 _AIRBENCH = dict(convs_per_block=2, kernel_size=3, pooling="max", batch_norm=True, activation="gelu",
@@ -101,10 +102,14 @@ def load_trained_model(source: str, class_names: list[str]) -> PreTrainedModel:
     cls = SmallCNNForImageClassification if kind == "small_cnn" else TimmWrapperForImageClassification
     model = cls.from_pretrained(source)
     unfold_temperature(model)
-    known = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-    if known != list(class_names):
+    if class_names_of(model) != list(class_names):
         replace_classifier(model, class_names)
     return model
+
+
+def class_names_of(model: PreTrainedModel) -> list[str]:
+    """The label of each logit, in order (`config.id2label`)."""
+    return [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
 
 
 @torch.no_grad()

@@ -239,10 +239,9 @@ def measure_robustness(model: torch.nn.Module, normalize, view, config, accelera
     model sees them), scored in float32 like the evaluation (`engine.predict`). Every process computes it (the
     predictions are gathered); it prints the table."""
     from . import engine
+    from .data import decoded_images
 
-    items = [view[i] for i in range(min(len(view), num_images or config.train.robustness_samples))]
-    items = [(image, label) for image, label in items if label >= 0]       # not the undecodable (streaming path)
-    images, labels = torch.stack([image for image, _ in items]), np.array([label for _, label in items])
+    images, labels = decoded_images(view, num_images or config.train.robustness_samples)
 
     def predict(batch: torch.Tensor) -> np.ndarray:
         dataset = torch.utils.data.TensorDataset(batch, torch.zeros(len(batch), dtype=torch.int64))
