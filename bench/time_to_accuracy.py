@@ -4,6 +4,7 @@
     python bench/time_to_accuracy.py --seeds 2                         # repeat with seeds 0, 1; print the mean
     python bench/time_to_accuracy.py --first_seed 1                    # seed 1 alone (a second seed, run later)
     python bench/time_to_accuracy.py --seeds 2 -- --num_train_epochs 20 --model cnn-wide   # any train.py flag
+    python bench/time_to_accuracy.py -- --time_budget 15m             # the plan train.py would make, and its end
 
 It runs the project's own stages (load_data, runner.build_model, runner.train_model) exactly as
 `train.py` does, except that the held-out split scored after every epoch is the TEST split, so the
@@ -24,7 +25,9 @@ it), and the same ratio without epoch 1, whose seconds also carry the device's o
 bare model's warm-up steps leave out (on a GPU, where an epoch lasts 0.2 s, most of the gap). With several
 seeds it then prints the mean curve (per epoch, the seeds' mean seconds and mean accuracy); the JSON's
 seconds_to_85/90/93 are read off that curve: the mean training seconds of the first epoch whose seed-mean
-accuracy reaches the threshold (null where it never does). The last line is one JSON object.
+accuracy reaches the threshold (null where it never does). With `--time_budget` the run plans as train.py does (for
+the images the bench trains on, --full_train included), prints the plan, and then the planned against the actual
+training seconds. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from accelerate.utils import set_seed
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
-from image_classifier import engine, models, optim  # noqa: E402
+from image_classifier import budget, engine, models, optim  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.data import ImageTensors, load_data  # noqa: E402
 from image_classifier.metrics import compute_metrics  # noqa: E402
@@ -116,11 +119,17 @@ def run_seed(seed: int, args) -> dict:
         set_seed(seed)                      # as train.py: before the splits and the model's initialisation
         models.prepare_model_config(config)
         data = load_data(config.data, seed=seed)
-        model, normalize = build_model(config, data)
         train = data.tensors["train"]
         if args.full_train and "validation" in data.tensors:
             train = ImageTensors(torch.cat([train.images, data.tensors["validation"].images]),
                                  torch.cat([train.labels, data.tensors["validation"].labels]))
+        plan = None
+        if config.train.time_budget:    # as train.py plans it, for the images this bench trains on
+            plan = budget.plan_time_budget(config, lambda c: build_model(c, data)[0], accelerator,
+                                           tuple(train.images.shape[1:]), len(train))
+            print(budget.describe_plan(plan))
+            set_seed(seed)
+        model, normalize = build_model(config, data)
         result = train_model(model, normalize, data, train, data.tensors["test"], config, accelerator)
         history = result.state.history
         # Before the bare model's timing below, whose optimizer steps on random tensors change the weights.
@@ -144,6 +153,9 @@ def run_seed(seed: int, args) -> dict:
                 "images_per_second": images / result.state.train_seconds,
                 "bare_images_per_second": images / bare_seconds, "bare_by_size": bare,
                 "efficiency": bare_seconds / result.state.train_seconds,
+                "train_seconds": result.state.train_seconds,
+                "time_budget_seconds": plan and plan.budget_seconds,
+                "planned_train_seconds": plan and plan.predicted_seconds, "plan": plan and budget.describe_plan(plan),
                 "efficiency_after_epoch_1": _bare_seconds(history[1:], bare) / later_seconds
                 if len(history) > 1 and later_seconds > 0 else None,
                 **{f"seconds_to_{round(t * 100)}": seconds_to(history, t) for t in THRESHOLDS}}
@@ -203,6 +215,11 @@ def main() -> None:
         print("  " + "  ".join(f"to {round(t * 100)}%: {_fmt(r[f'seconds_to_{round(t * 100)}'])}" for t in THRESHOLDS))
         sizes = ", ".join(f"{side}x{side}: {b['images_per_second']:.0f} over {b['steps']} steps, {b['seconds']:.1f} s"
                           for side, b in r["bare_by_size"].items())
+        if r["plan"]:
+            print(f"  time budget {r['time_budget_seconds']:g} s: planned {r['planned_train_seconds']:.1f} s of "
+                  f"training, trained {r['train_seconds']:.1f} s (actual / planned "
+                  f"{r['train_seconds'] / r['planned_train_seconds']:.3f}; the budget also paid "
+                  f"{r['time_budget_seconds'] - r['planned_train_seconds']:.1f} s of timing and margin)")
         print(f"  final accuracy {r['final_accuracy']:.4f} ({r['mixed_precision']}; float32: "
               f"{r['final_accuracy_float32']:.4f}); loop {r['images_per_second']:.0f} images/s; bare model "
               f"{r['bare_images_per_second']:.0f} images/s ({sizes}); efficiency {r['efficiency']:.3f} "
@@ -220,6 +237,10 @@ def main() -> None:
                    mixed_precision=runs[0]["mixed_precision"],
                    images_per_second=round(_mean(r["images_per_second"] for r in runs), 1),
                    efficiency=round(_mean(r["efficiency"] for r in runs), 3),
+                   train_seconds=round(_mean(r["train_seconds"] for r in runs), 1),
+                   time_budget_seconds=runs[0]["time_budget_seconds"],
+                   planned_train_seconds=_round(_mean(r["planned_train_seconds"] for r in runs)),
+                   epochs=_mean(len(r["history"]) for r in runs),
                    efficiency_after_epoch_1=_round(_mean(r["efficiency_after_epoch_1"] for r in runs), 3),
                    device=runs[0]["device"], seeds=args.seeds, first_seed=args.first_seed,
                    train_images=runs[0]["train_images"], flags=" ".join(args.train_flags), host=describe_host())

@@ -103,7 +103,7 @@ def _summary_totals(summary: str) -> list[str]:
 
 # Hyperparameters shown in the card's table, in this order: (flag, label).
 _HYPERPARAMETERS = [
-    ("model", "Model preset"), ("seed", "Seed"), ("num_train_epochs", "Epochs (configured)"),
+    ("model", "Model preset"), ("seed", "Seed"), ("time_budget", "Time budget (planned the epochs)"), ("num_train_epochs", "Epochs (configured)"),
     ("max_train_steps", "Max optimizer steps"), ("per_device_train_batch_size", "Batch size per device"),
     ("gradient_accumulation_steps", "Gradient accumulation steps"), ("optimizer", "Optimizer"),
     ("learning_rate", "Peak learning rate"), ("sgd_learning_rate", "Peak SGD learning rate (non-kernel parameters)"),

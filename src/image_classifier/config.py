@@ -11,13 +11,14 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .recipes import (LABEL_SMOOTHING, LABEL_SMOOTHING_DEFAULT, MODEL_RECIPES, OPTIMIZERS, PHOTO_IMAGE_SIZE,
-                      PHOTO_MODEL, PHOTO_SIDE, RECIPES, RESIDENT_MAX_GIB, DataTraits, choose_data_path, default_model,
+                      PHOTO_MODEL, PHOTO_SIDE, RECIPE_FLAGS, RECIPES, RESIDENT_MAX_GIB, DataTraits, choose_data_path, default_model,
                       optimizer_defaults, photo_image_size, recipe_for, schedule_defaults)
 
 __all__ = [
@@ -43,6 +44,18 @@ class ConfigError(ValueError):
 def _require(ok: bool, flag: str, problem: str) -> None:
     if not ok:
         raise ConfigError(flag, problem)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(h|min|m|s|)\s*", re.IGNORECASE)
+_SECONDS_PER = {"h": 3600, "m": 60, "min": 60, "s": 1, "": 1}
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """Seconds in '15m', '900s', '1h30m', '1.5h' or '90' (seconds); a ConfigError naming `flag` otherwise."""
+    parts = list(_DURATION.finditer(str(text).strip()))
+    if not parts or "".join(m.group(0) for m in parts) != str(text).strip() or (len(parts) > 1 and not parts[-1][2]):
+        raise ConfigError(flag, f"is not a duration: {text!r}. Give a number with h, m or s, e.g. 15m, 900s or 1h30m")
+    return sum(float(m.group(1)) * _SECONDS_PER[m.group(2).lower()] for m in parts)
 
 
 def _fraction(value: float, flag: str, low_open: bool = False) -> None:
@@ -344,6 +357,15 @@ class TrainingArguments:
     max_train_steps: Optional[int] = field(
         default=None, metadata={"help": "Stop after this many optimizer steps; overrides --num_train_epochs."}
     )
+    time_budget: Optional[str] = field(
+        default=None, metadata={"metavar": "DURATION",
+                                "help": "Train the best model that fits this much training time (e.g. 5m, 900s, "
+                                        "1h30m; seconds as history.json counts them: per-epoch validation and the "
+                                        "final evaluation come on top). The run times a few steps on this host, then "
+                                        "sets --num_train_epochs and --progressive_resize_epochs (and, for "
+                                        f"{_AIRBENCH_MODELS} when 18 of its epochs fit, a wider net) and prints the "
+                                        "plan. A resumed run keeps its plan."}
+    )
     per_device_train_batch_size: Optional[int] = field(
         default=None, metadata={"help": f"Training images per step per process (capped at the train split's size). "
                                         f"Default for {_AIRBENCH_MODELS}: {_A['batch_cpu']} on CPU (half airbench's "
@@ -534,6 +556,14 @@ class TrainingArguments:
         _require(self.num_train_epochs is None or self.num_train_epochs > 0, "num_train_epochs",
                  f"must be > 0, got {self.num_train_epochs}")
         _require(self.max_train_steps is None or self.max_train_steps > 0, "max_train_steps", "must be >= 1")
+        if self.time_budget is not None:
+            _require(self.num_train_epochs is None and self.max_train_steps is None, "time_budget",
+                     "plans the number of epochs itself: drop --num_train_epochs / --max_train_steps, or drop "
+                     "--time_budget")
+            _require(self.progressive_resize_epochs in (None, 0), "progressive_resize_epochs",
+                     "is planned by --time_budget (give 0 to train every epoch at full size, or drop it)")
+            _require(self.time_budget_seconds >= 10, "time_budget", f"must be at least 10 seconds, got "
+                                                                    f"{self.time_budget_seconds:g} s")
         for name in ("per_device_eval_batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
             _require(value is None or value >= 1, name, f"must be >= 1, got {value}")
@@ -582,6 +612,11 @@ class TrainingArguments:
         _require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         _require(0 <= self.muon_momentum < 1, "muon_momentum", "must be in [0, 1)")
         _fraction(self.warmup_ratio, "warmup_ratio")
+
+    @property
+    def time_budget_seconds(self) -> Optional[float]:
+        """--time_budget in seconds (None without one)."""
+        return None if self.time_budget is None else parse_duration(self.time_budget, "time_budget")
 
     @property
     def greater_is_better(self) -> bool:
@@ -708,6 +743,19 @@ class Config:
                          "(--metric_for_best_model overrides it)")
         return notes
 
+    def apply_plan(self, values: dict[str, Any]) -> None:
+        """Set these flags (a --time_budget plan: epochs, resizing, a tier's net and batch; the caller leaves out
+        those the user gave) and fill the recipe's values that follow them again (the learning rates follow the
+        batch)."""
+        for part in (self.data, self.model, self.train, self.hub):
+            for f in dataclasses.fields(part):
+                if f.name in values:
+                    setattr(part, f.name, values[f.name])
+        follow = (set(RECIPE_FLAGS) | {"per_device_eval_batch_size"}) & self.unset - set(values)
+        self._reset(follow)
+        self.unset = self.unset - set(values)
+        self.train.resolve_defaults(self.model.architecture)
+
     def follow_data_path(self, traits: DataTraits) -> str:
         """Choose the data path again for the input size as it now stands (a pretrained timm model may have set it)
         and return the line that says which and why."""
@@ -742,6 +790,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _metavar(action) -> str:
     """A short placeholder for a flag's value by its type: N, X, TEXT, BOOL."""
+    if action.metavar:
+        return action.metavar
     kind = getattr(action.type, "__name__", "")
     return {"int": "N", "float": "X", "string_to_bool": "BOOL"}.get(kind, "TEXT")
 

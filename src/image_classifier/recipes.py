@@ -25,7 +25,7 @@ from typing import Any, Optional
 __all__ = ["RECIPES", "OPTIMIZERS", "MODEL_RECIPES", "DEFAULT_MODEL", "RECIPE_FLAGS", "PHOTO_SIDE", "PHOTO_MODEL",
            "PHOTO_IMAGE_SIZE", "RESIDENT_MAX_GIB", "DataTraits", "recipe_for", "default_model", "photo_image_size",
            "choose_data_path", "schedule_defaults", "optimizer_defaults", "describe", "LABEL_SMOOTHING",
-           "LABEL_SMOOTHING_DEFAULT"]
+           "LABEL_SMOOTHING_DEFAULT", "BUDGET_TIERS", "BUDGET_MAX_EPOCHS", "PLAN_EFFICIENCY", "SLOW_DEFAULT_SECONDS", "plan_epochs"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "airbench": dict(
@@ -184,3 +184,40 @@ def describe(recipe: str, values: dict[str, Any], device: str) -> str:
     shown = ", ".join(f"--{k} {v:g}" if isinstance(v, float) else f"--{k} {v}" for k, v in values.items()
                       if v is not None)
     return f"Recipe {recipe} on {device}: {shown}"
+
+
+# --time_budget on an airbench model: what a budget buys, most accurate first. A tier is taken when at least
+# `min_epochs` of it fit the budget at the rate measured on this host at the start of the run; then as many epochs
+# as fit, with the recipe's share of them at the reduced size. A tier's flags apply where the user left them unset
+# (at their defaults); `cost` (its step's seconds over the default's, bare bf16 model on this CPU at 32x32) only
+# decides whether the tier is worth measuring.
+BUDGET_TIERS = (
+    dict(name="wide", min_epochs=18, cost=3.0,
+         # airbench95's widths with random erasing at batch 500: 92.37 % after 22 epochs (2 seeds, 41 minutes on a
+         # bf16 host, bench/RESULTS.md); with fewer than about 18 epochs the wide net underfits
+         flags=dict(widths=[128, 384, 384], per_device_train_batch_size=500, random_erasing=0.5)),
+    dict(name="default", min_epochs=1, cost=1.0, flags={}),
+)
+PLAN_EFFICIENCY = 0.97      # the training loop's images/s over the bare model's measured just before (0.94-1.05 on
+                            # this host kind, bench/time_to_accuracy.py): the plan fills 97 % of the budget
+BUDGET_MAX_EPOCHS = 4       # x the recipe's epochs: a plan trains at most this many (46 epochs of cnn-wide bought
+                            # no more than 34, bench/RESULTS.md); a larger budget is left unused, and the plan says so
+SLOW_DEFAULT_SECONDS = 15 * 60  # a default run predicted to train longer than this says so and what a budget would do
+
+
+def plan_epochs(budget_seconds: float, epoch_seconds: float, small_epoch_seconds: float,
+                resize_share: tuple[int, int], max_epochs: int) -> tuple[int, int]:
+    """(epochs, of which at the reduced size): the most epochs, at most `max_epochs`, whose predicted seconds fit
+    `budget_seconds`, the recipe's `resize_share` (small, every) of them, rounded down, at the reduced size.
+    (0, 0) when one does not fit.
+    """
+    small, every = resize_share
+
+    def seconds(epochs: int) -> float:
+        resized = epochs * small // every
+        return resized * small_epoch_seconds + (epochs - resized) * epoch_seconds
+
+    epochs = min(max_epochs, int(budget_seconds // min(epoch_seconds, small_epoch_seconds)) + 1)
+    while epochs > 0 and seconds(epochs) > budget_seconds:
+        epochs -= 1
+    return epochs, epochs * small // every

@@ -16,7 +16,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
 from . import data as data_stage
-from . import (calibration, card, engine, explore, hub, interpretation, metrics, model_folder, models, plots, recipes,
+from . import (budget, calibration, card, engine, explore, hub, interpretation, metrics, model_folder, models, plots, recipes,
                robustness)
 from .augment import BatchAugment, Normalize, build_batch_mix
 from .config import Config, ConfigError, save_config, training_on_cuda
@@ -24,7 +24,7 @@ from .files import check_writable, disk_full_is_an_error, write_json, write_text
 from .interrupt import StopOnSignal, resume_command
 from .transforms import build_photo_processor
 
-__all__ = ["run", "follow_the_data", "fit_batch_in_memory", "build_model", "build_saved_model", "train_model",
+__all__ = ["run", "follow_the_data", "plan_schedule", "fit_batch_in_memory", "build_model", "build_saved_model", "train_model",
            "evaluate_model", "calibrate_model", "build_augment", "check_output_dir", "describe_hardware",
            "save_model_folder", "describe_finish", "train_loss_note"]
 
@@ -51,7 +51,8 @@ def check_output_dir(config: Config) -> None:
                                         "it, --overwrite_output_dir to start over, or choose another --output_dir.")
     # The default net, batch and resizing schedule follow the device, so a run resumed on other hardware could
     # change them.
-    if config.train.resume_from_checkpoint and not config.train.overwrite_output_dir:
+    # (--time_budget reads its planned values back from the run itself: budget.resume_plan.)
+    if config.train.resume_from_checkpoint and not config.train.overwrite_output_dir and not config.train.time_budget:
         trained = model_folder.read_json(out, model_folder.TRAINING_CONFIG, {})
         now = {"model": config.model.model, "per_device_train_batch_size": config.train.per_device_train_batch_size,
                "progressive_resize_epochs": config.train.progressive_resize_epochs}
@@ -79,12 +80,15 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     if accelerator.is_main_process:
         model_folder.clean_leftovers(out)
     set_seed(config.train.seed)    # splits and model initialisation: identical on every process
-    for note in [*notes, describe_recipe(config, accelerator)]:
+    for note in notes:
         accelerator.print(note)
 
     # Data: the main process decodes first and fills the cache that the others then read.
     with accelerator.main_process_first():
         data = data_stage.load_data(config.data, seed=config.train.seed, source=source)
+    plan = None if config.data.explore_only else plan_schedule(config, data, accelerator)
+    accelerator.print(describe_recipe(config, accelerator))
+    set_seed(config.train.seed)    # the model's initialisation as without a plan (it timed copies of models)
     model, normalize = (None, None) if config.data.explore_only else build_model(config, data)
     if model is not None:
         accelerator.print(fit_batch_in_memory(model, data, config, accelerator))
@@ -110,6 +114,8 @@ def run(config: Config) -> Optional[dict[str, Any]]:
                              accelerator, stop=stop)
     model = engine.plain_model(accelerator, result.model)
     results, test_predictions = evaluate_model(model, normalize, data, result, config, accelerator)
+    if config.train.time_budget is not None:
+        results.update(plan.to_metrics() if plan else {"time_budget_seconds": config.train.time_budget_seconds})
     report = (robustness.measure_robustness(model, normalize, data.eval_view("test"), config, accelerator)
               if config.train.robustness_report else None)
     if report is not None:
@@ -149,6 +155,28 @@ def follow_the_data(config: Config) -> tuple["data_stage.DataSource", list[str]]
     if "output_dir" in config.unset:
         check_output_dir(config)
     return source, notes
+
+
+def plan_schedule(config: Config, data: "data_stage.ImageData", accelerator: Accelerator) -> Optional[budget.Plan]:
+    """--time_budget: time this host, set the epochs (and tier) that fit, print the plan and return it; resumed, the
+    run's own plan read back (None). Without a budget: a line where the default would train slowly here."""
+    shape = (data.num_channels, data.image_size, data.image_size)
+    images = len(data.tensors["train"])
+
+    def build(trial: Config) -> torch.nn.Module:
+        return build_model(trial, data)[0]
+
+    if config.train.time_budget is None:
+        line = budget.check_default_speed(config, build, accelerator, shape, images)
+        if line:
+            accelerator.print(line)
+        return None
+    if config.train.resume_from_checkpoint:
+        accelerator.print(budget.resume_plan(config))
+        return None
+    plan = budget.plan_time_budget(config, build, accelerator, shape, images)
+    accelerator.print(budget.describe_plan(plan))
+    return plan
 
 
 def describe_recipe(config: Config, accelerator: Accelerator) -> str:

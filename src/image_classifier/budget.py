@@ -1,0 +1,276 @@
+"""--time_budget: time this host's training steps, then plan the schedule that fits the budget.
+
+A fixed epoch count tuned on one host is the wrong contract on another (a CPU without bf16 trains 2-3x slower), so
+a budgeted run measures first: a copy of the model takes a few forward + backward + optimizer steps on random
+tensors of one batch (the run's precision and memory format), at each image side the recipe trains at. From those
+rates the plan takes the most accurate tier of `recipes.BUDGET_TIERS` whose minimum epochs fit and as many of its
+epochs as fit (`recipes.plan_epochs`), and sets them as flags (`Config.apply_plan`): the run's config, card and
+metrics.json say what the budget bought, and the same flags spelled out give the same run.
+
+measure_training_rate  images/s of one model's training step at one image side, all processes together
+plan_time_budget       measure, choose, set the flags; returns the Plan
+check_default_speed    without a budget, on a CPU training in float32: the line that says when the default would
+                       take past recipes.SLOW_DEFAULT_SECONDS, and what a budget would do
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from . import model_folder, optim
+from .config import Config, ConfigError, TrainingArguments
+from .engine import progressive_size
+from .recipes import BUDGET_MAX_EPOCHS, BUDGET_TIERS, PLAN_EFFICIENCY, RECIPES, SLOW_DEFAULT_SECONDS, plan_epochs
+
+__all__ = ["Plan", "time_steps", "synchronize", "measure_training_rate", "plan_time_budget", "resume_plan", "check_default_speed",
+           "describe_plan", "describe_duration", "PLANNED_FLAGS"]
+
+# The flags a plan may set; a resumed run reads them back from its training_config.json.
+PLANNED_FLAGS = ("num_train_epochs", "progressive_resize_epochs", "widths", "per_device_train_batch_size",
+                 "random_erasing")
+
+
+@dataclass
+class Plan:
+    """What a budget buys on this host: the tier, its epochs and the predicted training seconds."""
+
+    budget_seconds: float           # --time_budget
+    tier: str                       # recipes.BUDGET_TIERS name
+    epochs: int
+    resized_epochs: int             # of which at `small_side`
+    side: int                       # pixels: the full training side
+    small_side: int                 # pixels: the reduced side (== side without progressive resizing)
+    epoch_seconds: float            # predicted training seconds of one epoch at `side`
+    small_epoch_seconds: float      # ... at `small_side`
+    images_per_second: dict[int, float]     # measured bare rate per side, all processes
+    measure_seconds: float          # spent measuring (counted in the budget)
+    max_epochs: int                 # the most a plan trains (recipes.BUDGET_MAX_EPOCHS)
+    flags: dict[str, Any] = field(default_factory=dict)     # what the plan set
+    passed_over: list[str] = field(default_factory=list)    # why the more accurate tiers were not taken
+
+    @property
+    def predicted_seconds(self) -> float:
+        """Training seconds of the whole plan, as history.json counts them."""
+        return self.resized_epochs * self.small_epoch_seconds + (self.epochs - self.resized_epochs) * self.epoch_seconds
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The metrics.json keys that record the budget and its plan."""
+        return {"time_budget_seconds": self.budget_seconds, "planned_train_seconds": round(self.predicted_seconds, 1),
+                "time_budget_plan": describe_plan(self)}
+
+
+def time_steps(step: Callable[[], None], device: torch.device, images_per_step: int, steps: int,
+               min_seconds: float = 0.0, warmup: int = 0) -> dict:
+    """Run `warmup` untimed steps, then time at least `steps` steps and at least `min_seconds`.
+
+    A GPU step lasts milliseconds, so a fixed count of steps would time a fraction of a second there. No sync
+    per step: that would time the launch queue running dry between steps; the final sync drains the queue, so
+    the seconds cover all the work. Returns images_per_second with the steps and seconds it was measured over.
+    """
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    started, done = time.perf_counter(), 0
+    while done < steps or time.perf_counter() - started < min_seconds:
+        step()
+        done += 1
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    return {"images_per_second": done * images_per_step / seconds, "steps": done, "seconds": seconds}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (on a CPU nothing is queued)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_training_rate(model: torch.nn.Module, args: TrainingArguments, accelerator: Accelerator,
+                          shape: tuple[int, int, int], steps: int = 2, min_seconds: float = 2.0) -> float:
+    """Images/s, all processes together, of forward + backward + optimizer step on random (C, H, W) tensors of one
+    batch, on a copy of `model` prepared as a run prepares it (precision, memory format, DDP); the model itself
+    is untouched. Each process measures its own; the main process's figure is everyone's (one plan)."""
+    trial = copy.deepcopy(model)
+    if args.channels_last:
+        trial = trial.to(memory_format=torch.channels_last)
+    trial, optimizer = accelerator.prepare(trial, optim.build_optimizer(trial, args))
+    batch = args.per_device_train_batch_size
+    x = torch.randn(batch, *shape, device=accelerator.device)
+    y = torch.randint(0, accelerator.unwrap_model(trial).config.num_labels, (batch,), device=accelerator.device)
+    trial.train()
+
+    def step() -> None:
+        loss = F.cross_entropy(trial(pixel_values=x).logits.float(), y)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    rate = time_steps(step, accelerator.device, batch, steps, min_seconds, warmup=2)["images_per_second"]
+    accelerator.free_memory()        # the copy leaves Accelerate's lists: the run prepares its own model next
+    return broadcast_object_list([rate * accelerator.num_processes])[0]
+
+
+def _resize_share(config: Config, on_cuda: bool) -> tuple[int, int]:
+    """(small, every): the recipe's share of epochs at the reduced size; none on a GPU or where the user gave 0."""
+    if on_cuda or "progressive_resize_epochs" not in config.unset:
+        return 0, 1
+    return RECIPES[config.train.recipe]["resize_epochs_cpu"]
+
+
+def _measure_tier(config: Config, build: Callable[[Config], torch.nn.Module], accelerator: Accelerator,
+                  shape: tuple[int, int, int], num_train_images: int, share: tuple[int, int]
+                  ) -> tuple[dict[int, float], float, float, int]:
+    """(rate per side, epoch seconds at full and reduced side, reduced side) of `config`'s model."""
+    channels, side, _ = shape
+    small = progressive_size(config.train, 0, side) if share[0] else side
+    model = build(config)
+    # Each size timed for 2 s (after 2 warm-up steps), or 1 % of a short budget: measuring stays a few % of it.
+    seconds = min(2.0, (config.train.time_budget_seconds or 900) / 100)
+    rates = {s: measure_training_rate(model, config.train, accelerator, (channels, s, s), min_seconds=seconds)
+             for s in {side, small}}
+    global_batch = config.train.per_device_train_batch_size * accelerator.num_processes
+    images = max(1, num_train_images // global_batch) * global_batch    # the last partial batch is dropped
+    seconds = {s: images / (rate * PLAN_EFFICIENCY) for s, rate in rates.items()}
+    return rates, seconds[side], seconds[small], small
+
+
+def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module], accelerator: Accelerator,
+                     shape: tuple[int, int, int], num_train_images: int) -> Plan:
+    """Measure, choose the tier and the epochs that fit --time_budget, and set them on `config`.
+
+    `build(config)` makes the model a config describes; `shape` is (C, side, side) of the training images.
+    """
+    started = time.perf_counter()
+    budget = config.train.time_budget_seconds
+    share = _resize_share(config, accelerator.device.type == "cuda")
+    tiers = _tiers(config)
+    chosen, passed_over = None, []
+    for tier in reversed(tiers):          # the default first: the fallback, and the others' yardstick
+        trial = copy.deepcopy(config)
+        trial.apply_plan(tier["flags"])
+        if chosen is not None and budget < 0.8 * tier["min_epochs"] * tier["cost"] * chosen[1][1]:
+            passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): far fewer than its {tier['min_epochs']} "
+                               "epochs fit (not timed)")
+            continue
+        measured = _measure_tier(trial, build, accelerator, shape, num_train_images, share)
+        epochs, resized = plan_epochs(budget - (time.perf_counter() - started), measured[1], measured[2], share,
+                                      _max_epochs(config))
+        if chosen is None or epochs >= tier["min_epochs"]:
+            chosen = (tier, measured, epochs, resized)
+        else:
+            passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): {epochs} of its epochs fit, fewer than "
+                               f"its {tier['min_epochs']}")
+    tier, (rates, epoch_seconds, small_seconds, small), epochs, resized = chosen
+    if epochs < 1:
+        raise ConfigError("time_budget", f"is too short for one epoch on this host: one takes about "
+                                         f"{describe_duration(min(epoch_seconds, small_seconds))} of training here. "
+                                         "Give a longer budget, or --max_train_steps for part of an epoch")
+    values = {**tier["flags"], "num_train_epochs": float(epochs)}
+    if "progressive_resize_epochs" in config.unset:
+        values["progressive_resize_epochs"] = resized
+    config.apply_plan(values)
+    return Plan(budget_seconds=budget, tier=tier["name"], epochs=epochs, resized_epochs=resized,
+                side=shape[1], small_side=small, epoch_seconds=epoch_seconds, small_epoch_seconds=small_seconds,
+                images_per_second=rates, measure_seconds=time.perf_counter() - started,
+                max_epochs=_max_epochs(config), flags=values,
+                passed_over=passed_over)
+
+
+def resume_plan(config: Config) -> str:
+    """A resumed budget run keeps its plan: the planned flags read back from its training_config.json (the budget
+    left is what the plan has not yet trained). Returns the line to print."""
+    saved = model_folder.read_json(config.train.output_dir, model_folder.TRAINING_CONFIG)
+    if saved is None:
+        raise ConfigError("time_budget", f"cannot resume the plan: {config.train.output_dir}/"
+                                         f"{model_folder.TRAINING_CONFIG}, written when the run started, is missing. "
+                                         "Resume without --time_budget, giving the run's --num_train_epochs and "
+                                         "--progressive_resize_epochs")
+    values = {name: saved[name] for name in PLANNED_FLAGS if name in saved and _left_default(config, name)}
+    config.apply_plan(values)
+    return (f"Time budget {config.train.time_budget}: resuming the plan of {config.train.output_dir} "
+            f"({_flags(values)})")
+
+
+def _max_epochs(config: Config) -> int:
+    """The most epochs a plan trains: recipes.BUDGET_MAX_EPOCHS times the recipe's own."""
+    return int(BUDGET_MAX_EPOCHS * RECIPES[config.train.recipe]["num_train_epochs"])
+
+
+def _tiers(config: Config) -> list[dict[str, Any]]:
+    """The BUDGET_TIERS this run may take, most accurate first: on an airbench model, those whose flags the user
+    left at their defaults; otherwise only the default (more or fewer epochs of the run as given)."""
+    if config.train.recipe != "airbench":
+        return [BUDGET_TIERS[-1]]
+    return [t for t in BUDGET_TIERS if all(_left_default(config, name) for name in t["flags"])]
+
+
+def _left_default(config: Config, name: str) -> bool:
+    """Whether flag `name` is at its default (unset, or equal to a non-None default) in `config`."""
+    if name in config.unset:
+        return True
+    for part in (config.data, config.model, config.train, config.hub):
+        for f in dataclasses.fields(part):
+            if f.name == name:
+                return f.default is not None and getattr(part, name) == f.default
+    return False
+
+
+def _flags(values: dict[str, Any]) -> str:
+    """'--widths 128 384 384 --per_device_train_batch_size 500' (floats without a needless .0)."""
+    def show(v):
+        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
+    return " ".join(f"--{k} {show(v)}" for k, v in values.items())
+
+
+def describe_duration(seconds: float) -> str:
+    """'8 min 40 s', '45 s', '1 h 05 min'."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def describe_plan(plan: Plan) -> str:
+    """The line a run prints: the budget, the measured rates, what fits and why, and the predicted end."""
+    rates = " and ".join(f"{rate:,.0f} images/s at {side}x{side}" for side, rate in sorted(plan.images_per_second.items()))
+    sizes = (f"{plan.resized_epochs} at {plan.small_side}x{plan.small_side}, "
+             f"{plan.epochs - plan.resized_epochs} at {plan.side}x{plan.side}" if plan.resized_epochs else
+             f"all at {plan.side}x{plan.side}")
+    skipped = f"; passed over: {'; '.join(plan.passed_over)}" if plan.passed_over else ""
+    if plan.epochs == plan.max_epochs:
+        skipped += (f"; {plan.max_epochs} epochs is the most a plan trains ({BUDGET_MAX_EPOCHS}x the recipe's): the "
+                    f"rest of the budget is left unused")
+    return (f"Time budget {describe_duration(plan.budget_seconds)}: the {plan.tier} tier ({_flags(plan.flags)}); "
+            f"this host trains it at {rates} (timed in {plan.measure_seconds:.1f} s, counted in the budget); "
+            f"{plan.epochs} epochs fit: {sizes}, ending at about {describe_duration(plan.predicted_seconds)} of "
+            f"training{skipped}")
+
+
+def check_default_speed(config: Config, build: Callable[[Config], torch.nn.Module], accelerator: Accelerator,
+                        shape: tuple[int, int, int], num_train_images: int) -> Optional[str]:
+    """Without --time_budget, on a CPU training the airbench default in float32 (no native bf16 here): time it,
+    and where its epochs would train past recipes.SLOW_DEFAULT_SECONDS return the line that says so and what
+    `--time_budget 15m` would train instead. None where nothing needs saying (then nothing is timed)."""
+    args = config.train
+    if (accelerator.device.type == "cuda" or accelerator.mixed_precision != "no" or args.recipe != "airbench"
+            or "num_train_epochs" not in config.unset or args.max_train_steps):
+        return None
+    share = _resize_share(config, False)
+    _, full, small, side = _measure_tier(config, build, accelerator, shape, num_train_images, share)
+    resized = args.progressive_resize_epochs
+    predicted = resized * small + (args.num_train_epochs - resized) * full
+    if predicted <= SLOW_DEFAULT_SECONDS:
+        return None
+    epochs, fewer = plan_epochs(SLOW_DEFAULT_SECONDS, full, small, share, _max_epochs(config))
+    return (f"This host trains in float32 (no native bf16): the default {args.num_train_epochs:g} epochs would take "
+            f"about {describe_duration(predicted)} of training, past {describe_duration(SLOW_DEFAULT_SECONDS)}. "
+            f"`--time_budget {SLOW_DEFAULT_SECONDS / 60:g}m` would train {epochs} epochs ({fewer} at {side}x{side}) and end within it.")

@@ -1,0 +1,144 @@
+"""--time_budget: the duration flag, the epoch arithmetic, the plan applied as flags, and real budgeted runs (the
+plan written beside the model, a resumed run keeping its plan). Timings are printed by bench/time_to_accuracy.py,
+never asserted here."""
+
+import json
+import re
+import shutil
+
+import pytest
+from safetensors.torch import load_file
+
+from image_classifier import budget
+from image_classifier.config import ConfigError, parse_config, parse_duration
+from image_classifier.recipes import BUDGET_TIERS, optimizer_defaults, plan_epochs
+from image_classifier.runner import run
+from test_engine import tiny_args
+
+
+@pytest.mark.parametrize("text, seconds", [("15m", 900), ("900s", 900), ("900", 900), ("1h30m", 5400),
+                                           ("1.5h", 5400), ("2min", 120), ("1h 5m 30s", 3930), ("45M", 2700)])
+def test_durations_read_as_seconds(text, seconds):
+    assert parse_duration(text, "time_budget") == seconds
+
+
+@pytest.mark.parametrize("text", ["fast", "15 minutes", "", "m", "1h30", "-5m", "5m!"])
+def test_a_bad_duration_names_the_flag_and_the_form(text):
+    with pytest.raises(ConfigError, match=r"--time_budget.*not a duration.*15m"):
+        parse_duration(text, "time_budget")
+
+
+@pytest.mark.parametrize("flags, flag", [(["--num_train_epochs", "3"], "time_budget"),
+                                         (["--max_train_steps", "30"], "time_budget"),
+                                         (["--progressive_resize_epochs", "2"], "progressive_resize_epochs")])
+def test_a_budget_refuses_the_flags_it_plans(flags, flag):
+    with pytest.raises(ConfigError, match=f"--{flag}"):
+        parse_config(["--dataset", "x", "--time_budget", "5m", *flags])
+
+
+def test_a_budget_under_ten_seconds_is_refused():
+    with pytest.raises(ConfigError, match="--time_budget.*at least 10 seconds"):
+        parse_config(["--dataset", "x", "--time_budget", "5s"])
+
+
+def test_the_most_epochs_that_fit_with_the_recipe_s_share_small():
+    # 5 of every 11 epochs at the reduced size (rounded down), each costing half a full one here:
+    # 12 epochs = 5 x 20 + 7 x 40 = 380 s fit in 400; 13 = 5 x 20 + 8 x 40 = 420 s do not
+    assert plan_epochs(400, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11), max_epochs=99) == (12, 5)
+
+
+def test_plan_epochs_takes_the_largest_count_whose_seconds_fit():
+    def seconds(e, r, full, small):
+        return r * small + (e - r) * full
+
+    for budget_s, full, small in [(400, 40, 20), (1000, 57, 31), (95, 10, 10), (5, 10, 6)]:
+        epochs, resized = plan_epochs(budget_s, full, small, (5, 11), max_epochs=99)
+        assert resized == epochs * 5 // 11
+        assert seconds(epochs, resized, full, small) <= budget_s
+        more = epochs + 1
+        assert seconds(more, more * 5 // 11, full, small) > budget_s
+
+
+def test_plan_epochs_stops_at_its_most_and_at_none():
+    assert plan_epochs(10_000, 1, 1, (0, 1), max_epochs=44) == (44, 0)
+    assert plan_epochs(5, 10, 8, (0, 1), max_epochs=44) == (0, 0)
+
+
+def test_a_plan_s_batch_sets_the_learning_rates_that_follow_it_and_keeps_the_user_s():
+    config = parse_config(["--dataset", "x", "--time_budget", "5m", "--weight_decay", "1e-5"])
+    config.apply_plan({"per_device_train_batch_size": 500, "num_train_epochs": 7.0, "progressive_resize_epochs": 3})
+    t = config.train
+    expected = optimizer_defaults("muon", 500)
+    assert (t.per_device_train_batch_size, t.num_train_epochs, t.progressive_resize_epochs) == (500, 7.0, 3)
+    assert (t.learning_rate, t.sgd_learning_rate) == (expected["learning_rate"], expected["sgd_learning_rate"])
+    assert t.weight_decay == 1e-5                # the user's flag stays
+
+
+def test_the_wide_tier_is_left_out_where_the_user_chose_its_flags():
+    wide = BUDGET_TIERS[0]
+    assert budget._tiers(parse_config(["--dataset", "x", "--time_budget", "1h"]))[0] is wide
+    assert wide not in budget._tiers(parse_config(["--dataset", "x", "--time_budget", "1h", "--widths", "8", "16"]))
+    assert wide not in budget._tiers(parse_config(["--dataset", "x", "--time_budget", "1h", "--model", "cnn-basic"]))
+
+
+def budget_args(dataset, out, *extra):
+    """tiny_args without its fixed epochs, with a 10-second budget."""
+    args = tiny_args(dataset, out, *extra)
+    at = args.index("--num_train_epochs")
+    return [*args[:at], *args[at + 2:], "--time_budget", "10s"]
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory, tiny_image_folder):
+    out = tmp_path_factory.mktemp("budget") / "model"
+    run(parse_config(budget_args(tiny_image_folder, out)))
+    return out
+
+
+def test_a_budgeted_run_records_its_plan_beside_the_model(budgeted):
+    training = json.loads((budgeted / "training_config.json").read_text())
+    metrics = json.loads((budgeted / "metrics.json").read_text())
+    history = json.loads((budgeted / "history.json").read_text())
+    assert training["time_budget"] == "10s"
+    assert len(history) == training["num_train_epochs"] == metrics["epochs_trained"] >= 1
+    assert sum(h["train_image_size"] < 16 for h in history) == training["progressive_resize_epochs"]
+    assert metrics["time_budget_seconds"] == 10
+    assert 0 < metrics["planned_train_seconds"] <= 10
+    assert f"{len(history)} epochs fit" in metrics["time_budget_plan"]
+    assert "| Time budget (planned the epochs) | `10s` |" in (budgeted / "README.md").read_text()
+
+
+def test_a_resumed_budget_run_keeps_its_plan_and_ends_with_the_same_weights(budgeted, tiny_image_folder, tmp_path):
+    resumed = tmp_path / "resumed"
+    first = sorted((budgeted / "checkpoints").glob("step_*"))[0]
+    shutil.copytree(first, resumed / "checkpoints" / first.name)
+    shutil.copy(budgeted / "training_config.json", resumed / "training_config.json")   # written at the start
+    run(parse_config(budget_args(tiny_image_folder, resumed, "--resume_from_checkpoint", "latest")))
+    expected, got = load_file(budgeted / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all((expected[k] == got[k]).all() for k in expected)
+    assert json.loads((resumed / "training_config.json").read_text())["num_train_epochs"] == \
+        json.loads((budgeted / "training_config.json").read_text())["num_train_epochs"]
+
+
+def test_resuming_a_budget_run_without_its_config_says_what_is_missing(tiny_image_folder, tmp_path):
+    config = parse_config(budget_args(tiny_image_folder, tmp_path / "gone"))
+    with pytest.raises(ConfigError, match="--time_budget.*training_config.json"):
+        budget.resume_plan(config)
+
+
+def test_a_float32_default_that_would_train_past_the_limit_says_so_and_what_a_budget_would_do(
+        tiny_image_folder, tmp_path, monkeypatch, capsys):
+    # The limit is 15 minutes; this tiny run's 11 default epochs take well under a second, so the limit is lowered.
+    monkeypatch.setattr(budget, "SLOW_DEFAULT_SECONDS", 1e-4)
+    args = budget_args(tiny_image_folder, tmp_path / "slow", "--mixed_precision", "no")
+    run(parse_config(args[:args.index("--time_budget")]))
+    out = capsys.readouterr().out
+    assert "This host trains in float32 (no native bf16): the default 11 epochs would take about" in out
+    assert re.search(r"`--time_budget \S+m` would train \d+ epochs \(\d+ at 12x12\) and end within it", out)
+
+
+def test_a_default_run_in_bf16_times_nothing(tiny_image_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(budget, "SLOW_DEFAULT_SECONDS", 1e-4)
+    args = budget_args(tiny_image_folder, tmp_path / "bf16", "--mixed_precision", "bf16")
+    run(parse_config(args[:args.index("--time_budget")]))
+    assert "would take about" not in capsys.readouterr().out
