@@ -42,21 +42,27 @@ def test_a_budget_under_ten_seconds_is_refused():
 
 
 def test_the_most_epochs_that_fit_with_the_recipe_s_share_small():
-    # 5 of every 11 epochs at the reduced size (rounded down), each costing half a full one here:
-    # 12 epochs = 5 x 20 + 7 x 40 = 380 s fit in 400; 13 = 5 x 20 + 8 x 40 = 420 s do not
-    assert plan_epochs(400, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11), max_epochs=99) == (12, 5)
+    # 5 of every 11 epochs at the reduced size, each costing half a full one here: 13 epochs with 5 small
+    # (5.9 rounded down) = 5 x 20 + 8 x 40 = 420 s do not fit in 400, with 6 (rounded up) = 400 s they do;
+    # 14 = 7 x 20 + 7 x 40 = 420 s do not
+    assert plan_epochs(400, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11), max_epochs=99) == (13, 6)
+
+
+def test_the_share_small_is_rounded_up_where_that_lets_one_more_epoch_fit():
+    # 6 epochs with 2 small: 2 x 31 + 4 x 62 = 310 s > 290; with 3 small (5/11 of 6 = 2.7, rounded up): 279 s
+    assert plan_epochs(290, epoch_seconds=62, small_epoch_seconds=31, resize_share=(5, 11), max_epochs=99) == (6, 3)
 
 
 def test_plan_epochs_takes_the_largest_count_whose_seconds_fit():
     def seconds(e, r, full, small):
         return r * small + (e - r) * full
 
-    for budget_s, full, small in [(400, 40, 20), (1000, 57, 31), (95, 10, 10), (5, 10, 6)]:
+    for budget_s, full, small in [(400, 40, 20), (1000, 57, 31), (95, 10, 10), (5, 10, 6), (2700, 170, 93)]:
         epochs, resized = plan_epochs(budget_s, full, small, (5, 11), max_epochs=99)
-        assert resized == epochs * 5 // 11
+        assert epochs * 5 // 11 <= resized <= -(-epochs * 5 // 11) and resized < max(epochs, 1)
         assert seconds(epochs, resized, full, small) <= budget_s
         more = epochs + 1
-        assert seconds(more, more * 5 // 11, full, small) > budget_s
+        assert seconds(more, -(-more * 5 // 11), full, small) > budget_s
 
 
 def test_plan_epochs_stops_at_its_most_and_at_none():

@@ -208,16 +208,16 @@ SLOW_DEFAULT_SECONDS = 15 * 60  # a default run predicted to train longer than t
 def plan_epochs(budget_seconds: float, epoch_seconds: float, small_epoch_seconds: float,
                 resize_share: tuple[int, int], max_epochs: int) -> tuple[int, int]:
     """(epochs, of which at the reduced size): the most epochs, at most `max_epochs`, whose predicted seconds fit
-    `budget_seconds`, the recipe's `resize_share` (small, every) of them, rounded down, at the reduced size.
-    (0, 0) when one does not fit.
+    `budget_seconds`, the recipe's `resize_share` (small, every) of them at the reduced size, rounded down, or up
+    where that is what lets the last epoch fit (6 epochs of 5/11: 2 small, or 3). (0, 0) when one does not fit.
     """
     small, every = resize_share
 
-    def seconds(epochs: int) -> float:
-        resized = epochs * small // every
+    def seconds(epochs: int, resized: int) -> float:
         return resized * small_epoch_seconds + (epochs - resized) * epoch_seconds
 
-    epochs = min(max_epochs, int(budget_seconds // min(epoch_seconds, small_epoch_seconds)) + 1)
-    while epochs > 0 and seconds(epochs) > budget_seconds:
-        epochs -= 1
-    return epochs, epochs * small // every
+    for epochs in range(min(max_epochs, int(budget_seconds // min(epoch_seconds, small_epoch_seconds)) + 1), 0, -1):
+        for resized in sorted({epochs * small // every, min(epochs - 1, -(-epochs * small // every))}):
+            if seconds(epochs, resized) <= budget_seconds:
+                return epochs, resized
+    return 0, 0
