@@ -148,3 +148,17 @@ def test_a_default_run_in_bf16_times_nothing(tiny_image_folder, tmp_path, monkey
     args = budget_args(tiny_image_folder, tmp_path / "bf16", "--mixed_precision", "bf16")
     run(parse_config(args[:args.index("--time_budget")]))
     assert "would take about" not in capsys.readouterr().out
+
+
+def test_two_processes_share_one_plan(tiny_image_folder, tmp_path):
+    # Each process times its own copy; the main process's rate is broadcast, so both train the same epochs (had
+    # they planned apart, DDP would hang or fail at the first epoch one of them does not train).
+    from test_distributed import recipe, train
+
+    out = tmp_path / "two"
+    done = train(recipe(tiny_image_folder, out, "--time_budget", "10s"), processes=2)
+    training = json.loads((out / "training_config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2
+    assert len(json.loads((out / "history.json").read_text())) == training["num_train_epochs"] >= 1
+    assert (done.stdout + done.stderr).count("Time budget 10 s:") == 1       # printed by the main process only
