@@ -97,25 +97,28 @@ def synchronize(device: torch.device) -> None:
 def measure_training_rate(model: torch.nn.Module, args: TrainingArguments, accelerator: Accelerator,
                           shape: tuple[int, int, int], steps: int = 2, min_seconds: float = 2.0) -> float:
     """Images/s, all processes together, of forward + backward + optimizer step on random (C, H, W) tensors of one
-    batch, on a copy of `model` prepared as a run prepares it (precision, memory format, DDP); the model itself
-    is untouched. Each process measures its own; the main process's figure is everyone's (one plan)."""
-    trial = copy.deepcopy(model)
+    batch, on a copy of `model` in the run's precision and memory format; the model itself is untouched.
+
+    Each process times its own copy outside DDP: a time-bounded loop runs a different number of steps on each, so
+    a collective per step would leave them out of step (the gradient all-reduce is not timed). The main process's
+    figure is everyone's (one plan)."""
+    trial = copy.deepcopy(model).to(accelerator.device)     # a bare copy: no DDP, nothing registered
     if args.channels_last:
         trial = trial.to(memory_format=torch.channels_last)
-    trial, optimizer = accelerator.prepare(trial, optim.build_optimizer(trial, args))
+    optimizer = optim.build_optimizer(trial, args)
     batch = args.per_device_train_batch_size
     x = torch.randn(batch, *shape, device=accelerator.device)
-    y = torch.randint(0, accelerator.unwrap_model(trial).config.num_labels, (batch,), device=accelerator.device)
+    y = torch.randint(0, trial.config.num_labels, (batch,), device=accelerator.device)
     trial.train()
 
     def step() -> None:
-        loss = F.cross_entropy(trial(pixel_values=x).logits.float(), y)
-        accelerator.backward(loss)
+        with accelerator.autocast():
+            loss = F.cross_entropy(trial(pixel_values=x).logits.float(), y)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     rate = time_steps(step, accelerator.device, batch, steps, min_seconds, warmup=2)["images_per_second"]
-    accelerator.free_memory()        # the copy leaves Accelerate's lists: the run prepares its own model next
     return broadcast_object_list([rate * accelerator.num_processes])[0]
 
 
@@ -170,7 +173,8 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
         else:
             passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): {epochs} of its epochs fit, fewer than "
                                f"its {tier['min_epochs']}")
-    tier, (rates, epoch_seconds, small_seconds, small), epochs, resized = chosen
+    # The seconds spent measuring differ a little between processes: the main process's choice is everyone's.
+    tier, (rates, epoch_seconds, small_seconds, small), epochs, resized = broadcast_object_list([chosen])[0]
     if epochs < 1:
         raise ConfigError("time_budget", f"is too short for one epoch on this host: one takes about "
                                          f"{describe_duration(min(epoch_seconds, small_seconds))} of training here. "
