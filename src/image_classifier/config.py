@@ -363,7 +363,7 @@ class TrainingArguments:
                                         "1h30m; seconds as history.json counts them: per-epoch validation and the "
                                         "final evaluation come on top). The run times a few steps on this host, then "
                                         "sets --num_train_epochs and --progressive_resize_epochs (and, for "
-                                        f"{_AIRBENCH_MODELS} when 18 of its epochs fit, a wider net) and prints the "
+                                        f"{_AIRBENCH_MODELS} when 10 of its epochs fit, a wider net) and prints the "
                                         "plan. A resumed run keeps its plan."}
     )
     per_device_train_batch_size: Optional[int] = field(

@@ -189,12 +189,13 @@ def describe(recipe: str, values: dict[str, Any], device: str) -> str:
 # --time_budget on an airbench model: what a budget buys, most accurate first. A tier is taken when at least
 # `min_epochs` of it fit the budget at the rate measured on this host at the start of the run; then as many epochs
 # as fit, with the recipe's share of them at the reduced size. A tier's flags apply where the user left them unset
-# (at their defaults); `cost` (its step's seconds over the default's, bare bf16 model on this CPU at 32x32) only
-# decides whether the tier is worth measuring.
+# (at their defaults); `cost` (its epoch's seconds over the default's, bf16 on this CPU, both at the recipe's share
+# of small epochs) only decides whether the tier is worth timing.
 BUDGET_TIERS = (
-    dict(name="wide", min_epochs=18, cost=3.0,
+    dict(name="wide", min_epochs=10, cost=4.0,
          # airbench95's widths with random erasing at batch 500: 92.37 % after 22 epochs (2 seeds, 41 minutes on a
-         # bf16 host, bench/RESULTS.md); with fewer than about 18 epochs the wide net underfits
+         # bf16 host); a net of twice its step cost (128/512/512, 3 convolutions per block) reached 92.25 % in 10
+         # epochs (bench/RESULTS.md)
          flags=dict(widths=[128, 384, 384], per_device_train_batch_size=500, random_erasing=0.5)),
     dict(name="default", min_epochs=1, cost=1.0, flags={}),
 )
