@@ -40,18 +40,17 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
 
-from image_classifier import budget, engine, models, optim  # noqa: E402
+from image_classifier import budget, engine, models  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
 from image_classifier.data import ImageTensors, load_data  # noqa: E402
 from image_classifier.metrics import compute_metrics  # noqa: E402
 from image_classifier.engine import predict_float32  # noqa: E402
 from image_classifier.runner import build_model, describe_hardware, train_model  # noqa: E402
-from timing import describe_host, time_steps  # noqa: E402
+from timing import describe_host  # noqa: E402
 
 THRESHOLDS = (0.85, 0.90, 0.93)
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
@@ -88,26 +87,12 @@ def seconds_to(history: list[dict], threshold: float) -> float | None:
     return next((h["seconds"] for h in history if h["eval_accuracy"] >= threshold), None)
 
 
-def bare_images_per_second(model, accelerator, batch_size: int, image_shape: tuple[int, ...], config,
-                           steps: int, min_seconds: float = 0.0) -> dict:
-    """Forward + backward + optimizer step of the prepared model on random tensors (no data, no augmentation).
-
-    Timed over at least `steps` steps (after 3 warm-up ones) and at least `min_seconds` (see timing.time_steps).
-    Returns images_per_second with the steps and seconds it was measured over.
-    """
-    optimizer = accelerator.prepare(optim.build_optimizer(model, config.train))
-    x = torch.randn(batch_size, *image_shape, device=accelerator.device)
-    y = torch.randint(0, model.config.num_labels, (batch_size,), device=accelerator.device)
-    model.train()
-
-    def step() -> None:
-        with accelerator.autocast():
-            loss = F.cross_entropy(model(pixel_values=x).logits.float(), y)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return time_steps(step, accelerator.device, batch_size, steps, min_seconds, warmup=3)
+def bare_images_per_second(model, accelerator, image_shape: tuple[int, ...], config, steps: int,
+                           min_seconds: float = 0.0) -> dict:
+    """Forward + backward + optimizer step of the trained model on random tensors (no data, no augmentation), as
+    --time_budget times a copy (budget.time_training_step), over at least `steps` steps after 3 warm-up ones and at
+    least `min_seconds`. Returns images_per_second with the steps and seconds it was measured over."""
+    return budget.time_training_step(model, config.train, accelerator, image_shape, steps, min_seconds, warmup=3)
 
 
 def run_seed(seed: int, args) -> dict:
@@ -139,8 +124,8 @@ def run_seed(seed: int, args) -> dict:
         # The bare model at each size the epochs trained at (--progressive_resize_epochs: some at a smaller one);
         # its seconds for the same work are each epoch's images at its own size's rate.
         channels = train.images.shape[1]
-        bare = {side: bare_images_per_second(result.model, accelerator, config.train.per_device_train_batch_size,
-                                             (channels, side, side), config, args.bare_steps, args.bare_seconds)
+        bare = {side: bare_images_per_second(result.model, accelerator, (channels, side, side), config,
+                                             args.bare_steps, args.bare_seconds)
                 for side in sorted({h["train_image_size"] for h in history})}
         bare_seconds = _bare_seconds(history, bare)
         # Epoch 1 also pays the device's one-time start-up (CUDA's context and kernel loading, cuDNN's choice of

@@ -31,7 +31,8 @@ from .config import Config, ConfigError, TrainingArguments
 from .engine import progressive_size
 from .recipes import BUDGET_MAX_EPOCHS, BUDGET_TIERS, PLAN_EFFICIENCY, RECIPES, SLOW_DEFAULT_SECONDS, plan_epochs
 
-__all__ = ["Plan", "time_steps", "synchronize", "measure_training_rate", "plan_time_budget", "resume_plan", "check_default_speed",
+__all__ = ["Plan", "time_steps", "synchronize", "time_training_step", "measure_training_rate", "plan_time_budget",
+           "resume_plan", "check_default_speed",
            "describe_plan", "describe_duration", "PLANNED_FLAGS"]
 
 # The flags a plan may set; a resumed run reads them back from its training_config.json.
@@ -94,10 +95,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_training_step(model: torch.nn.Module, args: TrainingArguments, accelerator: Accelerator,
+                       shape: tuple[int, int, int], steps: int, min_seconds: float, warmup: int = 2) -> dict:
+    """Forward + backward + optimizer step of `model` (changed by it) on random (C, H, W) tensors of one batch
+    (no data, no augmentation) under the run's autocast, on this process; `time_steps`' figures."""
+    optimizer = optim.build_optimizer(model, args)
+    batch = args.per_device_train_batch_size
+    x = torch.randn(batch, *shape, device=accelerator.device)
+    y = torch.randint(0, accelerator.unwrap_model(model).config.num_labels, (batch,), device=accelerator.device)
+    model.train()
+
+    def step() -> None:
+        with accelerator.autocast():
+            loss = F.cross_entropy(model(pixel_values=x).logits.float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return time_steps(step, accelerator.device, batch, steps, min_seconds, warmup)
+
+
 def measure_training_rate(model: torch.nn.Module, args: TrainingArguments, accelerator: Accelerator,
                           shape: tuple[int, int, int], steps: int = 2, min_seconds: float = 2.0) -> float:
-    """Images/s, all processes together, of forward + backward + optimizer step on random (C, H, W) tensors of one
-    batch, on a copy of `model` in the run's precision and memory format; the model itself is untouched.
+    """Images/s, all processes together, of `time_training_step` on a copy of `model` in the run's precision and
+    memory format; the model itself is untouched.
 
     Each process times its own copy outside DDP: a time-bounded loop runs a different number of steps on each, so
     a collective per step would leave them out of step (the gradient all-reduce is not timed). The main process's
@@ -105,20 +126,7 @@ def measure_training_rate(model: torch.nn.Module, args: TrainingArguments, accel
     trial = copy.deepcopy(model).to(accelerator.device)     # a bare copy: no DDP, nothing registered
     if args.channels_last:
         trial = trial.to(memory_format=torch.channels_last)
-    optimizer = optim.build_optimizer(trial, args)
-    batch = args.per_device_train_batch_size
-    x = torch.randn(batch, *shape, device=accelerator.device)
-    y = torch.randint(0, trial.config.num_labels, (batch,), device=accelerator.device)
-    trial.train()
-
-    def step() -> None:
-        with accelerator.autocast():
-            loss = F.cross_entropy(trial(pixel_values=x).logits.float(), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    rate = time_steps(step, accelerator.device, batch, steps, min_seconds, warmup=2)["images_per_second"]
+    rate = time_training_step(trial, args, accelerator, shape, steps, min_seconds)["images_per_second"]
     return broadcast_object_list([rate * accelerator.num_processes])[0]
 
 
