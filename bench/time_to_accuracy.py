@@ -149,7 +149,7 @@ def run_seed(seed: int, args) -> dict:
 def float32_accuracy(result, accelerator, data, normalize, config) -> float:
     """Test accuracy (with the recipe's TTA) of the trained network in float32, as train.py's final evaluation and
     pipeline() compute it; the per-epoch figures are in the training's precision (bf16 where that is the default)."""
-    if accelerator.mixed_precision == "no":
+    if accelerator.mixed_precision == "no" and config.train.tta_each_epoch:     # the last epoch's figure is it
         return result.state.history[-1]["eval_accuracy"]
     logits, labels = predict_float32(engine.plain_model(accelerator, result.model), data.tensors["test"], normalize,
                                      accelerator, config, result.tta)

@@ -6,6 +6,7 @@ import torch
 
 # The one step timer, shared with the runs' own (--time_budget times a copy of the model's steps with it).
 from image_classifier.budget import synchronize, time_steps  # noqa: F401
+from image_classifier.engine import cpu_kernel_caps
 
 
 def bench_device() -> tuple[torch.device, str]:
@@ -43,6 +44,9 @@ def describe_host() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     line = (f"host: {model}, {cores} cores ({torch.get_num_threads()} threads used); {' '.join(have) or 'no AVX2'}"
             + (f"; no {', '.join(missing)}" if missing else ""))
+    caps = cpu_kernel_caps()
+    if caps:            # emulating a smaller CPU: its figures are not this host's own
+        line += f"; kernels capped by {' '.join(f'{k}={v}' for k, v in caps.items())}"
     if torch.cuda.is_available():
         line += f"; GPU {torch.cuda.get_device_name(0)}"
     return line

@@ -175,3 +175,13 @@ def test_the_host_line_names_the_cpu_and_the_features_that_decide_the_speed():
         assert "AVX2" in line
     if flags and " amx_tile" not in flags:
         assert "no " in line and "AMX" in line
+
+
+def test_the_host_line_says_when_the_kernels_are_capped_below_the_cpu(monkeypatch):
+    """Figures measured with ONEDNN_MAX_CPU_ISA=AVX2 stand for a smaller CPU: the line must say so."""
+    timing = load_bench("timing")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "kernels capped by ONEDNN_MAX_CPU_ISA=AVX2" in timing.describe_host()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert "capped" not in timing.describe_host() or "ATEN_CPU_CAPABILITY" in timing.describe_host()

@@ -53,6 +53,15 @@ def test_the_share_small_is_rounded_up_where_that_lets_one_more_epoch_fit():
     assert plan_epochs(290, epoch_seconds=62, small_epoch_seconds=31, resize_share=(5, 11), max_epochs=99) == (6, 3)
 
 
+def test_short_of_the_recipe_s_epochs_more_are_trained_small_where_that_fits_one_more():
+    # The float32 host with AVX2 kernels at batch 500 (117 and 58 s an epoch), 880 s left: the recipe's share fits
+    # 10 epochs (5 small: 873.5 s); with up to all but 4 small, 11 (7 small: 872.2 s). Past 11 epochs, the share.
+    assert plan_epochs(880, 116.9, 57.8, (5, 11), max_epochs=44) == (10, 5)
+    assert plan_epochs(880, 116.9, 57.8, (5, 11), max_epochs=44, stretch_to=11) == (11, 7)
+    assert plan_epochs(400, 40, 20, (5, 11), max_epochs=99, stretch_to=11) == (13, 6)
+    assert plan_epochs(880, 116.9, 57.8, (0, 1), max_epochs=44, stretch_to=11) == (7, 0)
+
+
 def test_plan_epochs_takes_the_largest_count_whose_seconds_fit():
     def seconds(e, r, full, small):
         return r * small + (e - r) * full
@@ -85,6 +94,32 @@ def test_the_wide_tier_is_left_out_where_the_user_chose_its_flags():
     assert budget._tiers(parse_config(["--dataset", "x", "--time_budget", "1h"]))[0] is wide
     assert wide not in budget._tiers(parse_config(["--dataset", "x", "--time_budget", "1h", "--widths", "8", "16"]))
     assert wide not in budget._tiers(parse_config(["--dataset", "x", "--time_budget", "1h", "--model", "cnn-basic"]))
+
+
+@pytest.mark.parametrize("batch_500_seconds, tier", [(60.0, "batch-500"), (75.0, "default")])
+def test_batch_500_is_taken_where_as_many_of_its_epochs_fit_as_of_the_default_s(monkeypatch, batch_500_seconds, tier):
+    # The budgeted runs below time real steps; here each tier's epoch seconds are given, to check the choice alone.
+    # 15 minutes: 16 default epochs of 70 s (7 of them small, 35 s) fit; batch 500 at 60 s fits more, at 75 s fewer.
+    # The wide tier's 10 epochs cannot fit (4x the default's cost): it is passed over without being timed.
+    from accelerate import Accelerator
+
+    timed = []
+
+    def measured(config, build, accelerator, shape, num_train_images, share):
+        seconds = batch_500_seconds if config.train.per_device_train_batch_size == 500 else 70.0
+        timed.append(config.train.per_device_train_batch_size)
+        return {32: 1000.0, 24: 2000.0}, seconds, seconds / 2, 24
+
+    monkeypatch.setattr(budget, "_measure_tier", measured)
+    config = parse_config(["--dataset", "x", "--time_budget", "15m"])
+    plan = budget.plan_time_budget(config, None, Accelerator(cpu=True), (3, 32, 32), 45_000)
+    assert plan.tier == tier and len(timed) == 2
+    assert config.train.per_device_train_batch_size == (500 if tier == "batch-500" else 1000)
+    assert any(p.startswith("wide") and "not timed" in p for p in plan.passed_over)
+    if tier == "default":
+        assert any(re.match(r"batch-500 .*: 1[0-5] of its epochs fit, fewer than the default's 16", p)
+                   for p in plan.passed_over), plan.passed_over
+    assert plan.epochs >= 16
 
 
 def budget_args(dataset, out, *extra):

@@ -343,6 +343,8 @@ def test_precision_is_bf16_for_the_presets_on_a_cpu_whose_flags_list_native_bf16
     from image_classifier.engine import default_precision
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     flags = set(Path("/proc/cpuinfo").read_text().split())        # the kernel's view, not PyTorch's probe
     for model in ("cnn-fast", "cnn-wide"):
         assert default_precision(None, model) == ("bf16" if {"avx512_bf16", "amx_bf16"} & flags else None)
@@ -351,6 +353,20 @@ def test_precision_is_bf16_for_the_presets_on_a_cpu_whose_flags_list_native_bf16
     assert default_precision("no", "cnn-fast") == "no" and default_precision("bf16", "timm/resnet18") == "bf16"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")          # `accelerate launch --mixed_precision no`
     assert default_precision(None, "cnn-fast") is None
+
+
+def test_kernels_capped_below_bf16_make_the_presets_train_in_float32(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (how a host without AVX-512 is measured on one that has it) leaves bf16 emulated,
+    so the presets' default is float32 there, as on a CPU without it; a cap that keeps bf16 changes nothing."""
+    from image_classifier.engine import cpu_has_native_bf16, cpu_kernel_caps, default_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_kernel_caps() == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert not cpu_has_native_bf16() and default_precision(None, "cnn-fast") is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
+    assert "ONEDNN_MAX_CPU_ISA" not in cpu_kernel_caps()
 
 
 def test_two_trackers_get_the_step_loss_the_epochs_and_the_test_metrics(tiny_image_folder, tmp_path):

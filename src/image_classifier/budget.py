@@ -165,22 +165,26 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
     budget = config.train.time_budget_seconds
     share = _resize_share(config, accelerator.device.type == "cuda")
     tiers = _tiers(config)
-    chosen, passed_over = None, []
+    chosen, passed_over, default_epochs = None, [], 0
     for tier in reversed(tiers):          # the default first: the fallback, and the others' yardstick
         trial = copy.deepcopy(config)
         trial.apply_plan(tier["flags"])
-        if chosen is not None and budget < 0.8 * tier["min_epochs"] * tier["cost"] * chosen[1][1]:
+        if chosen is not None and tier["min_epochs"] and (
+                budget < 0.8 * tier["min_epochs"] * tier["cost"] * chosen[1][1]):
             passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): far fewer than its {tier['min_epochs']} "
                                "epochs fit (not timed)")
             continue
         measured = _measure_tier(trial, build, accelerator, shape, num_train_images, share)
         epochs, resized = plan_epochs(budget - (time.perf_counter() - started), measured[1], measured[2], share,
-                                      _max_epochs(config))
-        if chosen is None or epochs >= tier["min_epochs"]:
+                                      _max_epochs(config), _recipe_epochs(config))
+        default_epochs = default_epochs or epochs
+        needed = tier["min_epochs"] or default_epochs
+        if chosen is None or epochs >= needed:
             chosen = (tier, measured, epochs, resized)
         else:
+            whose = "its" if tier["min_epochs"] else "the default's"
             passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): {epochs} of its epochs fit, fewer than "
-                               f"its {tier['min_epochs']}")
+                               f"{whose} {needed}")
     # The seconds spent measuring differ a little between processes: the main process's choice is everyone's.
     tier, (rates, epoch_seconds, small_seconds, small), epochs, resized = broadcast_object_list([chosen])[0]
     if epochs < 1:
@@ -215,7 +219,12 @@ def resume_plan(config: Config) -> str:
 
 def _max_epochs(config: Config) -> int:
     """The most epochs a plan trains: recipes.BUDGET_MAX_EPOCHS times the recipe's own."""
-    return int(BUDGET_MAX_EPOCHS * RECIPES[config.train.recipe]["num_train_epochs"])
+    return int(BUDGET_MAX_EPOCHS * _recipe_epochs(config))
+
+
+def _recipe_epochs(config: Config) -> int:
+    """The recipe's own epoch count (11 for airbench)."""
+    return int(RECIPES[config.train.recipe]["num_train_epochs"])
 
 
 def _tiers(config: Config) -> list[dict[str, Any]]:
@@ -283,7 +292,7 @@ def check_default_speed(config: Config, build: Callable[[Config], torch.nn.Modul
     predicted = resized * small + (args.num_train_epochs - resized) * full
     if predicted <= SLOW_DEFAULT_SECONDS:
         return None
-    epochs, fewer = plan_epochs(SLOW_DEFAULT_SECONDS, full, small, share, _max_epochs(config))
+    epochs, fewer = plan_epochs(SLOW_DEFAULT_SECONDS, full, small, share, _max_epochs(config), _recipe_epochs(config))
     return (f"This host trains in float32 (no native bf16): the default {args.num_train_epochs:g} epochs would take "
             f"about {describe_duration(predicted)} of training, past {describe_duration(SLOW_DEFAULT_SECONDS)}. "
             f"`--time_budget {SLOW_DEFAULT_SECONDS / 60:g}m` would train {epochs} epochs ({fewer} at {side}x{side}) and end within it.")

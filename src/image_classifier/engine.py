@@ -108,7 +108,25 @@ def cpu_has_native_bf16() -> bool:
     (not measured here), and ARM CPUs are not probed: float32 stays their default.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")   # private, so looked up defensively
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return not cpu_kernel_caps() and any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+# oneDNN's instruction sets (ONEDNN_MAX_CPU_ISA values) that include its bf16 kernels.
+_ONEDNN_BF16_ISAS = frozenset({"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX",
+                               "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "ALL"})
+
+
+def cpu_kernel_caps() -> dict[str, str]:
+    """The environment variables that keep this process's CPU kernels below bf16 on a CPU that has it
+    (`ONEDNN_MAX_CPU_ISA=AVX2` for the convolutions, `ATEN_CPU_CAPABILITY=avx2` for the rest): a host without
+    AVX-512, as far as the kernels can tell. Empty where nothing is capped."""
+    caps = {}
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if os.environ.get(name) and os.environ[name].upper() not in _ONEDNN_BF16_ISAS:
+            caps[name] = os.environ[name]
+    if os.environ.get("ATEN_CPU_CAPABILITY") and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        caps["ATEN_CPU_CAPABILITY"] = os.environ["ATEN_CPU_CAPABILITY"]
+    return caps
 
 
 def effective_learning_rate(args: TrainingArguments, num_processes: int) -> float:

@@ -25,7 +25,8 @@ from typing import Any, Optional
 __all__ = ["RECIPES", "OPTIMIZERS", "MODEL_RECIPES", "DEFAULT_MODEL", "RECIPE_FLAGS", "PHOTO_SIDE", "PHOTO_MODEL",
            "PHOTO_IMAGE_SIZE", "RESIDENT_MAX_GIB", "DataTraits", "recipe_for", "default_model", "photo_image_size",
            "choose_data_path", "schedule_defaults", "optimizer_defaults", "describe", "LABEL_SMOOTHING",
-           "LABEL_SMOOTHING_DEFAULT", "BUDGET_TIERS", "BUDGET_MAX_EPOCHS", "PLAN_EFFICIENCY", "SLOW_DEFAULT_SECONDS", "plan_epochs"]
+           "LABEL_SMOOTHING_DEFAULT", "BUDGET_TIERS", "BUDGET_MAX_EPOCHS", "PLAN_EFFICIENCY", "SLOW_DEFAULT_SECONDS", "BUDGET_MIN_FULL_EPOCHS",
+           "plan_epochs"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "airbench": dict(
@@ -187,16 +188,22 @@ def describe(recipe: str, values: dict[str, Any], device: str) -> str:
 
 
 # --time_budget on an airbench model: what a budget buys, most accurate first. A tier is taken when at least
-# `min_epochs` of it fit the budget at the rate measured on this host at the start of the run; then as many epochs
-# as fit, with the recipe's share of them at the reduced size. A tier's flags apply where the user left them unset
-# (at their defaults); `cost` (its epoch's seconds over the default's, bf16 on this CPU, both at the recipe's share
-# of small epochs) only decides whether the tier is worth timing.
+# `min_epochs` of it (None: as many as of the default) fit the budget at the rate measured on this host at the start
+# of the run; then as many epochs as fit, with the recipe's share of them at the reduced size. A tier's flags apply
+# where the user left them unset (at their defaults); `cost` (its epoch's seconds over the default's, bf16 on this
+# CPU, both at the recipe's share of small epochs) only decides whether the tier is worth timing.
 BUDGET_TIERS = (
     dict(name="wide", min_epochs=10, cost=4.0,
          # airbench95's widths with random erasing at batch 500: 92.37 % after 22 epochs (2 seeds, 41 minutes on a
          # bf16 host); a net of twice its step cost (128/512/512, 3 convolutions per block) reached 92.25 % in 10
          # epochs (bench/RESULTS.md)
          flags=dict(widths=[128, 384, 384], per_device_train_batch_size=500, random_erasing=0.5)),
+    dict(name="batch-500", min_epochs=None, cost=1.0,
+         # half the default's batch: more accurate per epoch (+0.23 points after 11 epochs, 2 seeds), and on some
+         # CPUs faster per image too (float32 with AVX2 kernels 1.10x, bf16 with AVX512_BF16 1.08x), on others
+         # slower (float32 with AVX-512 0.95x), and on a GPU far slower (launch-bound): so it is timed, and taken
+         # where at least as many of its epochs fit as of the default's (bench/RESULTS.md, Time budgets)
+         flags=dict(per_device_train_batch_size=500)),
     dict(name="default", min_epochs=1, cost=1.0, flags={}),
 )
 PLAN_EFFICIENCY = 1.0       # the training loop's images/s over the bare copy's timed at the start of the run: 0.97-1.05
@@ -205,13 +212,18 @@ PLAN_EFFICIENCY = 1.0       # the training loop's images/s over the bare copy's 
 BUDGET_MAX_EPOCHS = 4       # x the recipe's epochs: a plan trains at most this many (46 epochs of cnn-wide bought
                             # no more than 34, bench/RESULTS.md); a larger budget is left unused, and the plan says so
 SLOW_DEFAULT_SECONDS = 15 * 60  # a default run predicted to train longer than this says so and what a budget would do
+BUDGET_MIN_FULL_EPOCHS = 4  # a plan short of the recipe's epochs trains up to all but these small to fit one more:
+                            # 11 epochs with 7 small (4 full) reached 90.15 %, 10 with 5 small 89.70 %, in the same
+                            # training seconds (batch 500, seed 0, bench/RESULTS.md, Time budgets)
 
 
 def plan_epochs(budget_seconds: float, epoch_seconds: float, small_epoch_seconds: float,
-                resize_share: tuple[int, int], max_epochs: int) -> tuple[int, int]:
+                resize_share: tuple[int, int], max_epochs: int, stretch_to: int = 0) -> tuple[int, int]:
     """(epochs, of which at the reduced size): the most epochs, at most `max_epochs`, whose predicted seconds fit
     `budget_seconds`, the recipe's `resize_share` (small, every) of them at the reduced size, rounded down, or up
-    where that is what lets the last epoch fit (6 epochs of 5/11: 2 small, or 3). (0, 0) when one does not fit.
+    where that is what lets the last epoch fit (6 epochs of 5/11: 2 small, or 3). A plan of at most `stretch_to`
+    epochs (the recipe's own count) may train all but BUDGET_MIN_FULL_EPOCHS of them small, the fewest that let
+    them fit. (0, 0) when one does not fit.
     """
     small, every = resize_share
 
@@ -219,7 +231,10 @@ def plan_epochs(budget_seconds: float, epoch_seconds: float, small_epoch_seconds
         return resized * small_epoch_seconds + (epochs - resized) * epoch_seconds
 
     for epochs in range(min(max_epochs, int(budget_seconds // min(epoch_seconds, small_epoch_seconds)) + 1), 0, -1):
-        for resized in sorted({epochs * small // every, min(epochs - 1, -(-epochs * small // every))}):
+        most = min(epochs - 1, -(-epochs * small // every))
+        if small and epochs <= stretch_to:
+            most = max(most, epochs - BUDGET_MIN_FULL_EPOCHS)
+        for resized in range(epochs * small // every, most + 1):
             if seconds(epochs, resized) <= budget_seconds:
                 return epochs, resized
     return 0, 0
