@@ -177,7 +177,8 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
         measured = _measure_tier(trial, build, accelerator, shape, num_train_images, share)
         epochs, resized = plan_epochs(budget - (time.perf_counter() - started), measured[1], measured[2], share,
                                       _max_epochs(config), _recipe_epochs(config))
-        default_epochs = default_epochs or epochs
+        if chosen is None:                # the default tier: the yardstick of a tier without min_epochs
+            default_epochs = epochs
         needed = tier["min_epochs"] or default_epochs
         if chosen is None or epochs >= needed:
             chosen = (tier, measured, epochs, resized)
