@@ -209,3 +209,23 @@ def photo_folder(tmp_path_factory) -> Path:
             write_photo(root / name / f"{i:02d}.jpg", colour, PHOTO_SIZES[i % len(PHOTO_SIZES)], rng,
                         exif_rotated=i == 0)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_parquet_folder(tiny_image_folder, tmp_path_factory) -> Path:
+    """tiny_image_folder's 72 images in the Hub's parquet layout, rows shuffled: data/train-0000{0,1}-of-00002.parquet
+    (26 and 34 rows: two files of different lengths, as a stream's parts can be) and data/test-00000-of-00001.parquet
+    (12 rows); columns image (Image) and label (ClassLabel blue/green/red)."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("tiny_parquet") / "data"
+    names = sorted(TINY_COLOURS)
+    files = sorted((p for p in tiny_image_folder.rglob("*.png")), key=str)
+    order = np.random.default_rng(1).permutation(len(files))
+    rows = [{"image": {"bytes": files[i].read_bytes(), "path": files[i].name}, "label": names.index(files[i].parent.name)}
+            for i in order]                 # the bytes inside the files, as the Hub's parquet holds them
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    for name, part in (("train-00000-of-00002", rows[:26]), ("train-00001-of-00002", rows[26:60]),
+                       ("test-00000-of-00001", rows[60:])):
+        datasets.Dataset.from_list(part, features=features).to_parquet(str(root / f"{name}.parquet"))
+    return root.parent

@@ -398,3 +398,51 @@ def test_two_processes_on_the_streaming_path_see_every_photo_and_score_what_one_
     # Evaluation decodes each photo whole, as the processor's caller does: the same numbers.
     for key in ("test_accuracy", "test_loss", "test_f1"):
         assert metrics[key] == pytest.approx(ours[key], abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_two_processes_with_streaming_read_their_parts_and_score_what_one_process_does(tiny_parquet_folder, tmp_path):
+    """--streaming on a local parquet folder (the Hub's layout, two train files of unequal length): each process
+    reads its own part of the train stream and both take the same number of batches (the shorter part goes
+    round again), every epoch trains on len(train) // global batch x global batch images, and metrics.json equals a
+    one-process evaluation of the saved model through the saved image processor."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from image_classifier.data import load_data
+    from image_classifier.metrics import compute_metrics
+
+    out = tmp_path / "model"
+    done = train([*recipe(tiny_parquet_folder, out, "--num_train_epochs", 2, "--model", "cnn-fast"), "--streaming",
+                  "--dataloader_num_workers", "1"], processes=2)
+    log = done.stdout + done.stderr
+    assert "Data path streaming: --streaming (datasets' streaming mode)" in log, log[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2, log[-3000:]
+    config = parse_config([str(out / "training_config.json")])
+    data = load_data(config.data, seed=config.train.seed)
+    assert len(data.tensors["train"]) == 48            # 60 less the carved 20 % (parts of 14 and 34 rows)
+    assert [epoch["train_images"] for epoch in json.loads((out / "history.json").read_text())] == [48, 48]
+
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    from io import BytesIO
+
+    from PIL import Image
+
+    images = [Image.open(BytesIO(value["bytes"])).convert("RGB") for value in data.splits["test"]["image"]]
+    with torch.no_grad():
+        logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits.numpy()
+    ours = compute_metrics(logits, data.tensors["test"].labels.numpy(), data.class_names, prefix="test")
+    assert metrics["test_num_samples"] == 12
+    for key in ("test_accuracy", "test_loss", "test_f1"):
+        assert metrics[key] == pytest.approx(ours[key], abs=1e-5), key
+
+
+def test_a_streaming_run_resumed_after_epoch_one_reaches_the_same_weights(tiny_parquet_folder, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train([*recipe(tiny_parquet_folder, full, "--num_train_epochs", 2), "--streaming"])
+    first = sorted((full / "checkpoints").glob("step_*"))[0]
+    __import__("shutil").copytree(first, resumed / "checkpoints" / first.name)
+    train([*recipe(tiny_parquet_folder, resumed, "--num_train_epochs", 2), "--streaming",
+           "--resume_from_checkpoint", "latest"])
+    assert_same_weights(full, resumed)

@@ -109,6 +109,15 @@ def test_early_stopping_stops_when_the_metric_stalls(tiny_image_folder, tmp_path
             "(--early_stopping_patience 2); keeping epoch 1's weights") in capsys.readouterr().out
 
 
+def test_a_diverged_run_stops_with_an_error_naming_the_learning_rate(tiny_image_folder, tmp_path):
+    out = tmp_path / "m"
+    with pytest.raises(ConfigError, match=r"--learning_rate: training diverged in epoch 1: the training loss "
+                                          r"became (nan|inf).*Lower --learning_rate \(it is 1e\+30"):
+        run(parse_config(tiny_args(tiny_image_folder, out, "--optimizer", "sgd", "--learning_rate", "1e30",
+                                   "--batch_norm", "false", "--max_grad_norm", "0")))
+    assert not (out / "metrics.json").exists() and not (out / "checkpoints").exists()
+
+
 def test_plateau_lowers_the_learning_rate(tiny_image_folder, tmp_path):
     run(parse_config(tiny_args(tiny_image_folder, tmp_path / "m", "--num_train_epochs", "3",
                                "--learning_rate", "1e-6", "--lr_scheduler_type", "plateau",

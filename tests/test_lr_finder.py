@@ -1,4 +1,5 @@
-"""The learning-rate finder: the valley rule, the sweep restoring what it touched, and `lr-find` end to end."""
+"""The learning-rate finder: its readings (steepest fall, fastai's valley), the sweep restoring what it touched, and
+`lr-find` end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from conftest import tiny_flags
 from image_classifier.__main__ import main
-from image_classifier.lr_finder import learning_rates, smooth, valley
+from image_classifier.lr_finder import learning_rates, smooth, suggest, valley
 
 
 def test_valley_picks_a_rate_halfway_down_the_longest_fall():
@@ -24,6 +25,17 @@ def test_valley_picks_a_rate_halfway_down_the_longest_fall():
     assert smooth([3.0, 1.0])[0] == pytest.approx(3.0)            # debiased: the first value is the first loss
 
 
+def test_the_suggestion_is_the_steepest_fall_of_the_smoothed_loss_past_a_slow_early_drift():
+    # what a from-scratch CNN shows: a slow drift down from the start, a steep fall late, then divergence; valley
+    # starts in the drift and lands far below the fall, the suggestion sits on the fall (steps 60-70)
+    rates = learning_rates(1e-7, 10.0, 100)
+    losses = np.concatenate([np.linspace(2.33, 2.25, 60), np.linspace(2.25, 1.9, 11)[1:], np.linspace(1.9, 9, 30)])
+    readings = suggest(rates, smooth(losses, beta=0.5))
+    index = int(np.argmin(np.abs(rates - readings["steepest"])))
+    assert 59 <= index <= 71, index
+    assert readings["valley"] < rates[50] < readings["steepest"]
+
+
 def test_lr_find_sweeps_writes_its_plot_and_json_and_prints_the_command(tiny_image_folder, tmp_path, capsys,
                                                                          monkeypatch):
     monkeypatch.chdir(tmp_path)                                     # nothing may land in ./outputs
@@ -33,7 +45,8 @@ def test_lr_find_sweeps_writes_its_plot_and_json_and_prints_the_command(tiny_ima
     assert status == 0
     result = json.loads((tmp_path / "found" / "lr_find.json").read_text())
     assert 2 <= len(result["losses"]) <= 30 and result["optimizer"] == "adam"
-    assert 1e-5 <= result["suggestion"] <= 10
+    assert 1e-5 <= result["suggestion"] <= 10 and 1e-5 <= result["valley"] <= 10
+    assert result["rule"] == "steepest fall"
     assert (tmp_path / "found" / "lr_find.png").stat().st_size > 5000
     printed = capsys.readouterr().out
     assert f"suggested --learning_rate {result['suggestion']:.3g}" in printed

@@ -31,7 +31,11 @@ def test_other_models_get_sgd_onecycle_and_the_optimizer_defaults_follow_the_opt
     train = parse_config(["--dataset", "x", "--model", "cnn-basic"]).train
     assert (train.recipe, train.optimizer, train.lr_scheduler_type, train.per_device_train_batch_size) == \
         ("sgd_onecycle", "sgd", "onecycle", 256)
-    assert (train.learning_rate, train.weight_decay, train.progressive_resize_epochs) == (0.2, 5e-4, 0)
+    assert (train.learning_rate, train.weight_decay, train.progressive_resize_epochs) == (0.1, 5e-4, 0)  # no BN
+    timm = parse_config(["--dataset", "x", "--model", "timm/resnet18"]).train
+    assert (timm.recipe, timm.optimizer, timm.learning_rate) == ("sgd_onecycle", "sgd", 0.2)
+    adam = parse_config(["--dataset", "x", "--model", "cnn-basic", "--optimizer", "adam"]).train
+    assert adam.learning_rate == 1e-3
     adamw = parse_config(["--dataset", "x", "--model", "cnn-fast", "--optimizer", "adamw"]).train
     assert (adamw.recipe, adamw.learning_rate, adamw.sgd_learning_rate) == ("airbench", 1e-3, None)
 

@@ -204,3 +204,66 @@ def test_resident_tensors_and_streaming_items_share_one_interface(tiny_image_fol
     # 16x16 PNGs at crop_pct 1: no resize, no crop, the same pixels either way.
     assert torch.equal(resident.tensors["test"].images_at([0, 1, 2]), streaming.tensors["test"].images_at([0, 1, 2]))
     assert torch.equal(resident.tensors["test"].labels, streaming.tensors["test"].labels)
+
+
+# --------------------------------------------------------------------------------------------
+# --streaming: datasets' streaming mode
+# --------------------------------------------------------------------------------------------
+
+def test_streaming_reads_a_parquet_folder_and_each_process_reads_its_own_part(tiny_parquet_folder, tmp_path):
+    from datasets.distributed import split_dataset_by_node
+
+    from image_classifier.streaming import StreamedImages, image_key
+
+    data = load_data(DataArguments(dataset=str(tiny_parquet_folder), streaming=True, cache_dir=str(tmp_path)), seed=0)
+    splits = data.summary["splits"]
+    # validation: the first 10 % of the train stream (6 rows of file 0); test: the test file; train: the rest
+    assert {s: info["rows"] for s, info in splits.items()} == {"train": 54, "validation": 6, "test": 12}
+    assert splits["validation"]["from"] == "the first 6 rows of the train stream (--streaming)"
+    assert data.summary["data_path"] == "streaming" and not list(tmp_path.iterdir())     # nothing cached
+    train = data.tensors["train"]
+    assert isinstance(train, StreamedImages) and len(train) == 54
+    assert train[0][0].shape == (3, 16, 16)                      # the head's rows, with the training transform
+
+    labels = [label for rank in (0, 1) for _, label in train.shard(rank, 2)]
+    assert len(labels) == 54
+    assert np.bincount(labels, minlength=3).tolist() == list(splits["train"]["class_counts"].values())
+    # the parts are disjoint and hold no validation image (a skip() would be split between the files)
+    parts = [[image_key(row["image"]) for row in split_dataset_by_node(train.stream, rank=rank, world_size=2)]
+             for rank in (0, 1)]
+    assert [len(p) for p in parts] == [20, 34] and not set(parts[0]) & set(parts[1])
+    carved = {image_key(v) for v in data.splits["validation"].cast_column(
+        "image", __import__("datasets").Image(decode=False))["image"]}
+    assert len(carved) == 6 and not carved & set(parts[0] + parts[1])
+
+
+def test_streamed_batches_are_as_many_on_every_process_whatever_its_part(tiny_parquet_folder, tmp_path):
+    from image_classifier.engine import StreamedBatches
+
+    data = load_data(DataArguments(dataset=str(tiny_parquet_folder), streaming=True, cache_dir=str(tmp_path)), seed=0)
+    counts = []
+    for rank in (0, 1):                  # parts of 20 and 34 rows; 54 // (4 x 2) = 6 batches of 4 each
+        batches = StreamedBatches(data.tensors["train"], 4, torch.device("cpu"), rank, 2, 1, 0)
+        assert len(batches) == 6 and len(batches.skip_first_batches(2)) == 4
+        counts.append([len(labels) for _, labels in batches])
+    assert counts == [[4] * 6, [4] * 6]
+
+
+def test_a_class_ordered_stream_is_carved_stratified_and_flags_a_stream_cannot_serve_are_refused(tiny_image_folder,
+                                                                                                  tmp_path):
+    data = load_data(DataArguments(dataset=str(tiny_image_folder), streaming=True, cache_dir=str(tmp_path)), seed=0)
+    splits = data.summary["splits"]          # an image folder streams class by class: its first rows are all blue
+    assert {s: info["rows"] for s, info in splits.items()} == {"train": 58, "validation": 7, "test": 7}
+    assert all(count >= 2 for s in ("validation", "test") for count in splits[s]["class_counts"].values()), splits
+    assert any("ordered by class" in note for note in data.summary["notes"])
+    assert np.bincount([label for _, label in data.tensors["train"]], minlength=3).tolist() == \
+        list(splits["train"]["class_counts"].values())
+    limited = load_data(DataArguments(dataset=str(tiny_image_folder), streaming=True, cache_dir=str(tmp_path),
+                                      max_train_samples=30, max_eval_samples=6), seed=0)
+    counts = list(limited.summary["splits"]["train"]["class_counts"].values())     # stratified, not the first 30
+    assert sum(counts) == 30 and min(counts) >= 9, counts
+    assert np.bincount([label for _, label in limited.tensors["train"]], minlength=3).tolist() == counts
+    with pytest.raises(ConfigError, match="--data_path: --streaming reads the train split as a stream"):
+        parse_config(["--dataset", "x", "--streaming", "--data_path", "resident"])._resolve_path(None)
+    with pytest.raises(ConfigError, match="--class_balance: 'sampling' draws images by position"):
+        parse_config(["--dataset", "x", "--streaming", "--class_balance", "sampling"])._resolve_path(None)

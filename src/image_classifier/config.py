@@ -138,6 +138,19 @@ class DataArguments:
                                         f"{PHOTO_SIDE} px) and for data whose decoded splits exceed "
                                         f"--resident_max_gib; else resident. The run prints which and why."}
     )
+    streaming: bool = field(
+        default=False, metadata={"help": "Read the dataset in datasets' streaming mode, for a Hub dataset too large to "
+                                         "download first (a local folder of data files or an image folder works too). "
+                                         "The train split stays a stream: shuffled in a buffer of "
+                                         "--shuffle_buffer_size images each epoch, sharded per process "
+                                         "(split_dataset_by_node) and decoded as read; validation and test (where "
+                                         "the dataset has none: carved from the first rows of train, or stratified "
+                                         "when the stream is ordered by class) are read once, still encoded, into "
+                                         "memory. Implies --data_path streaming."}
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "With --streaming: images (encoded) held to shuffle the train stream."}
+    )
     resident_max_gib: float = field(
         default=RESIDENT_MAX_GIB, metadata={"help": "GiB: decoded splits larger than this take the streaming path."}
     )
@@ -192,6 +205,7 @@ class DataArguments:
         _require(self.num_channels in (None, 1, 3), "num_channels", f"must be 1 or 3, got {self.num_channels}")
         _require(self.dataloader_num_workers is None or self.dataloader_num_workers >= 0, "dataloader_num_workers",
                  "must be >= 0")
+        _require(self.shuffle_buffer_size >= 1, "shuffle_buffer_size", f"must be >= 1, got {self.shuffle_buffer_size}")
         _require(self.resident_max_gib > 0, "resident_max_gib", f"must be > 0 GiB, got {self.resident_max_gib}")
         _require(self.crop_pct is None or 0 < self.crop_pct <= 1, "crop_pct", f"must be in (0, 1], got {self.crop_pct}")
         _require(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale",
@@ -400,7 +414,8 @@ class TrainingArguments:
         default=None, metadata={"help": f"Peak learning rate (with muon: the kernels' Muon step). Default: muon "
                                         f"{_MUON['learning_rate_at_2000']} x sqrt(batch / 2000) (airbench's "
                                         f"{_MUON['learning_rate_at_2000']} at its batch of 2000; 0.17 at 1000), "
-                                        f"{_SGD['learning_rate']} for sgd, {_ADAM['learning_rate']} for adam/adamw. "
+                                        f"{_SGD['learning_rate']} for sgd (0.1 for cnn-basic, which has no BatchNorm), "
+                                        f"{_ADAM['learning_rate']} for adam/adamw. "
                                         f"Batch: per process x accumulation steps."}
     )
     sgd_learning_rate: Optional[float] = field(
@@ -602,7 +617,7 @@ class TrainingArguments:
         _require(self.sgd_learning_rate is None or self.optimizer == "muon", "sgd_learning_rate",
                  "applies to --optimizer muon only")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        for name, value in optimizer_defaults(self.optimizer, batch).items():
+        for name, value in optimizer_defaults(self.optimizer, batch, model).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         for name in ("learning_rate", "sgd_learning_rate", "bias_learning_rate_scale"):
@@ -697,6 +712,14 @@ class Config:
         """The data path (left to the data stage while the data is unknown) and what follows it: loader workers,
         test-time augmentation, the flip schedule. Returns why that path, where it chose one."""
         why = None
+        if self.data.streaming:
+            _require(self.data.data_path in (None, "streaming"), "data_path",
+                     "--streaming reads the train split as a stream, which only the streaming data path can train on: "
+                     "drop --data_path resident (or --streaming)")
+            _require(self.data.class_balance != "sampling", "class_balance",
+                     "'sampling' draws images by position, which a stream (--streaming) cannot: use --class_balance loss")
+            if self.data.data_path is None:
+                self.data.data_path, why = "streaming", "--streaming (datasets' streaming mode): each image decoded as read"
         if traits is not None and self.data.data_path is None:
             size = self.data.image_size or traits.side
             channels = self.data.num_channels or (1 if traits.gray and not self.model.architecture.startswith("timm/") else 3)

@@ -175,6 +175,8 @@ class DataSource:
     headers: _Headers
     notes: list
     seed: int
+    stream: Any = None                     # --streaming: the train rows as a datasets.IterableDataset
+    head: Optional["_SplitPlan"] = None    # --streaming: the rows of train that `splits["train"]` holds in memory
 
     def traits(self) -> DataTraits:
         counts = list(_class_counts(self.labels[self.plans["train"].source][self.plans["train"].rows],
@@ -270,8 +272,9 @@ def _check_classes_in_image_folder(raw, path: Path) -> None:
                     f"or name a label column of its metadata.csv with --label_column.")
 
 
-def _load_source(args: DataArguments):
-    """Load whatever --dataset names; return (DatasetDict, kind, resolved name)."""
+def _load_source(args: DataArguments, streaming: bool = False):
+    """Load whatever --dataset names; return (DatasetDict, kind, resolved name). `streaming`: datasets' streaming
+    mode (an IterableDatasetDict; nothing is downloaded or converted first)."""
     import datasets
 
     resolved = resolve_dataset(args.dataset)
@@ -282,14 +285,17 @@ def _load_source(args: DataArguments):
     try:
         if path.is_dir():
             kind = _folder_kind(path)
+            if kind == "save_to_disk" and streaming:
+                raise DataError(f"--streaming reads data files or a Hub dataset as a stream; {path} is a "
+                                "`save_to_disk` folder, already local and memory-mapped: drop --streaming.")
             if kind == "save_to_disk":
                 raw = datasets.load_from_disk(str(path))
             elif kind == "imagefolder":
-                raw = datasets.load_dataset("imagefolder", data_dir=str(path))
+                raw = datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
                 if args.label_column is None:
                     _check_classes_in_image_folder(raw, path)
             else:
-                raw = datasets.load_dataset(str(path), config) if config else datasets.load_dataset(str(path))
+                raw = datasets.load_dataset(str(path), config, streaming=streaming)
             resolved = str(path.resolve())
         elif path.is_file():
             suffix = path.suffix.lower().lstrip(".")
@@ -300,7 +306,7 @@ def _load_source(args: DataArguments):
                     f"Pass a parquet/arrow/csv/json file, or a folder (data files, `save_to_disk`, or an image "
                     f"folder).")
             kind, resolved = "data files", str(path.resolve())
-            raw = datasets.load_dataset(builder, data_files=resolved)
+            raw = datasets.load_dataset(builder, data_files=resolved, streaming=streaming)
         elif looks_like_local_path(resolved, DATA_FILE_SUFFIXES | IMAGE_SUFFIXES):
             parent = path.parent
             hint = (f"its parent folder {parent} exists and holds: "
@@ -312,7 +318,7 @@ def _load_source(args: DataArguments):
                 f"or an alias ({', '.join(ALIASES)}) with --dataset.")
         else:
             kind = "hub"
-            raw = datasets.load_dataset(resolved, config) if config else datasets.load_dataset(resolved)
+            raw = datasets.load_dataset(resolved, config, streaming=streaming)
     except DataError:
         raise
     except Exception as error:          # datasets raises many types: report them as one fixable problem
@@ -325,9 +331,9 @@ def _load_source(args: DataArguments):
                   "--dataset_config_name (if given) names one of its configurations.")
         raise DataError(f"Could not load dataset {args.dataset!r} ({resolved}) {where}: "
                         f"{type(error).__name__}: {first_line}. {advice}") from error
-    if isinstance(raw, datasets.Dataset):
-        raw = datasets.DatasetDict({"train": raw})
-    if not isinstance(raw, datasets.DatasetDict) or len(raw) == 0:
+    if isinstance(raw, (datasets.Dataset, datasets.IterableDataset)):
+        raw = (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)({"train": raw})
+    if not isinstance(raw, (datasets.DatasetDict, datasets.IterableDatasetDict)) or len(raw) == 0:
         raise DataError(f"Dataset {args.dataset!r} loaded as {type(raw).__name__} with no splits; "
                         f"pass a dataset with at least a train split.")
     return raw, kind, resolved
@@ -766,6 +772,8 @@ def open_source(args: DataArguments, seed: int, raw=None, *, kind: str = "in mem
     splits and read a sample of train headers; no image is decoded yet."""
     import datasets
 
+    if raw is None and args.streaming:
+        return open_stream(args, seed)
     if raw is None:
         raw, kind, resolved = _load_source(args)
     if isinstance(raw, datasets.Dataset):
@@ -786,13 +794,138 @@ def open_source(args: DataArguments, seed: int, raw=None, *, kind: str = "in mem
                       splits, headers, notes, seed)
 
 
+def open_stream(args: DataArguments, seed: int) -> DataSource:
+    """--streaming: what `open_source` does, on the dataset in datasets' streaming mode. One pass over each split's
+    label column (nothing else is read) gives its labels and rows; validation and test come from the dataset's own
+    splits, else are carved from train (`_plan_stream_splits`) and read once into memory, still encoded; train stays
+    a stream of the other rows (`DataSource.stream`), whose first DEFAULTS_SAMPLE (`DataSource.head`, in memory too)
+    give the headers, the statistics and the plots."""
+    import datasets
+
+    from .streaming import KeyFilter, image_key
+
+    raw, kind, resolved = _load_source(args, streaming=True)
+    features = next(iter(raw.values())).features
+    image_column, label_column = _find_columns(features, args.image_column, args.label_column)
+    if not isinstance(features[label_column], datasets.ClassLabel):
+        raise DataError(f"--streaming needs a ClassLabel label column (its class names are known before the stream "
+                        f"is read); {label_column!r} holds {_describe_feature(features[label_column])}. Drop "
+                        "--streaming, or cast the column to ClassLabel in the dataset.")
+    streams = {name: split.select_columns([image_column, label_column]).rename_columns(
+        {c: n for c, n in ((image_column, "image"), (label_column, "label")) if c != n})
+        .cast_column("image", datasets.Image(decode=False)) for name, split in raw.items()}
+    labels = {name: np.concatenate([np.asarray(batch["label"], dtype=np.int64) for batch in
+                                    split.select_columns(["label"]).iter(batch_size=10_000)] or [np.zeros(0, np.int64)])
+              for name, split in streams.items()}
+    notes: list[str] = []
+    plans = _plan_stream_splits(list(streams), labels, args, seed, notes)
+    train = plans["train"]
+    head = _SplitPlan(train.source, train.rows[:DEFAULTS_SAMPLE], "the first rows of the train stream")
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": features[label_column]})
+    wanted = {s: p for s, p in plans.items() if s != "train"} | {"train": head}
+    splits = datasets.DatasetDict({s: datasets.Dataset.from_list(rows, features=features) for s, rows in
+                                   _read_rows(streams, wanted).items()})
+    # The carved rows leave the train stream by content, not by position: datasets splits a skip() between the
+    # parts it gives processes and loader workers (each skips its share of its own files), which would train on
+    # validation images.
+    carved = [image_key(value) for s, p in plans.items() if s != "train" and p.source == train.source
+              for value in splits[s]["image"]]
+    stream = streams[train.source]
+    if train.rows_before_limit > len(train.rows):      # --max_train_samples: its rows, by content (a pass to read)
+        stream = stream.filter(KeyFilter(_row_keys(stream, train.rows), keep=True))
+    elif carved:
+        stream = stream.filter(KeyFilter(carved, keep=False))
+    source = DataSource(args, kind, resolved, image_column, label_column, datasets.IterableDatasetDict(streams),
+                        [str(n) for n in features["label"].names], labels, plans, splits,
+                        _read_headers(splits["train"]), notes, seed)
+    source.stream, source.head = stream, head
+    return source
+
+
+def _read_rows(streams: dict, plans: dict[str, "_SplitPlan"]) -> dict[str, list[dict]]:
+    """The rows each plan names (positions in its source stream), read in one pass per source stream, which stops
+    after the last row wanted."""
+    out: dict[str, list[dict]] = {s: [] for s in plans}
+    for source in {p.source for p in plans.values()}:
+        mine = {s: set(p.rows.tolist()) for s, p in plans.items() if p.source == source}
+        last = max((int(p.rows.max()) for p in plans.values() if p.source == source and len(p.rows)), default=-1)
+        for position, row in enumerate(streams[source].take(last + 1)):
+            for s, rows in mine.items():
+                if position in rows:
+                    out[s].append(row)
+    return out
+
+
+def _row_keys(stream, rows: np.ndarray) -> list[str]:
+    """image_key of the rows at these positions of `stream` (read up to the last one; nothing kept but the keys)."""
+    from .streaming import image_key
+
+    wanted, last = set(rows.tolist()), int(rows.max()) if len(rows) else -1
+    return [image_key(row["image"]) for position, row in enumerate(stream.take(last + 1)) if position in wanted]
+
+
+def _plan_stream_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,
+                        notes: list[str]) -> dict[str, _SplitPlan]:
+    """train/validation/test as positions in the source streams. A missing validation or test split is carved from
+    the first rows of train (only they are read twice) when those rows hold every class train has; else (a stream
+    ordered by class, as image folders are) by the stratified split of the other data path, which reads the train
+    stream once more, up to the last carved row. --max_*_samples keep the first rows of each."""
+    found = {canonical: name for canonical, aliases in SPLIT_NAMES.items() for name in reversed(names)
+             if name.lower() in aliases}
+    if "train" not in found:
+        found["train"] = names[0]
+        notes.append(f"the split {names[0]!r} is used as train")
+    source = found["train"]
+    every = labels[source]
+    n = len(every)
+    missing = [s for s in ("validation", "test") if s not in found]
+    fractions = {"validation": args.validation_split_fraction, "test": args.test_split_fraction}
+    counts = {s: min(max(1, int(round(fractions[s] * n))), args.max_eval_samples or n) for s in missing}
+    if sum(counts.values()) >= n:
+        raise DataError(f"The train split has only {n} images: too few to carve {' and '.join(missing)} from it "
+                        f"({counts}). Add images, lower --validation_split_fraction/--test_split_fraction, or "
+                        "provide those splits.")
+    plans, start = {}, 0
+    for s in missing:
+        plans[s] = _SplitPlan(source, np.arange(start, start + counts[s]),
+                              f"the first {counts[s]} rows of the {source} stream (--streaming)")
+        start += counts[s]
+    plans["train"] = _SplitPlan(source, np.arange(start, n), f"{source} without the carved {' and '.join(missing)}"
+                                if missing else source)
+    classes = len(set(every.tolist()))
+    if missing and any(len(set(every[p.rows].tolist())) < classes for s, p in plans.items() if s != "train"):
+        kept, holdout = _stratified_split(every, start, seed, notes)
+        parts = ({"validation": holdout} if missing == ["validation"] else {"test": holdout} if missing == ["test"]
+                 else dict(zip(("test", "validation"), _stratified_split(every[holdout], counts["validation"], seed,
+                                                                         notes))))
+        for s in missing:
+            rows = np.sort(holdout[parts[s]]) if len(missing) == 2 else np.sort(parts[s])
+            plans[s] = _SplitPlan(source, rows, f"carved from {source} ({len(rows)}, stratified, seed {seed})")
+        plans["train"].rows = kept
+        notes.append(f"the first rows of the {source} stream miss classes (it is ordered by class): "
+                     f"{' and '.join(missing)} carved stratified instead, read in a pass over the stream")
+    for s in ("validation", "test"):
+        if s in found:
+            plans[s] = _SplitPlan(found[s], np.arange(len(labels[found[s]])), found[s])
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
+    for i, s in enumerate(("train", "validation", "test")):       # each class keeps its share, as on the other path
+        plan = plans[s]
+        plan.rows_before_limit = len(plan.rows)
+        if limits[s] is not None and limits[s] < len(plan.rows):
+            kept, _ = _stratified_split(labels[plan.source][plan.rows], len(plan.rows) - limits[s], [seed, i], notes)
+            plan.rows = plan.rows[kept]
+            plan.origin += f"; {limits[s]} of {plan.rows_before_limit} (stratified, seed {seed})"
+    return {s: plans[s] for s in ("train", "validation", "test")}
+
+
 def load_data(args: DataArguments, seed: int, source: Optional[DataSource] = None) -> ImageData:
     """Load, find columns, split, then decode (resident path, cached) or wrap for per-sample decoding (streaming
     path) and summarize the dataset that --dataset names (or `source`, already opened with these args)."""
     source = source or open_source(args, seed)
     started = time.perf_counter()
     image_size, num_channels, size_from, channels_from = _choose_size(source, args)
-    path = args.data_path or choose_data_path(source.traits(), image_size, num_channels, args.resident_max_gib)[0]
+    path = (args.data_path or ("streaming" if args.streaming else None)
+            or choose_data_path(source.traits(), image_size, num_channels, args.resident_max_gib)[0])
     build = _stream_splits if path == "streaming" else _decode_splits
     data = build(source, args, image_size, num_channels)
     data.summary = _summarize(source, data, size_from, channels_from)
@@ -859,7 +992,7 @@ def _stream_splits(source: DataSource, args: DataArguments, image_size: int, num
     """The streaming path: each split stays encoded and is decoded per access (streaming.EncodedImages); the
     train split with random-resized crops and flips, the others with the evaluation resize and centre crop."""
     from .augment import flip_enabled
-    from .streaming import EncodedImages
+    from .streaming import EncodedImages, StreamedImages
     from .transforms import DEFAULT_CROP_PCT, build_eval_transform, build_train_transform, eval_resize_size
 
     crop_pct = args.crop_pct or DEFAULT_CROP_PCT
@@ -868,13 +1001,18 @@ def _stream_splits(source: DataSource, args: DataArguments, image_size: int, num
     # decodes them whole, exactly as the app and pipeline() do (a weak model's test accuracy moved by 3 of 12
     # images on 72-150 px photos when evaluation decoded at half scale).
     draft = eval_resize_size(image_size, crop_pct)
+    plans = dict(source.plans, train=source.head) if source.stream is not None else source.plans
     sets = {s: EncodedImages(source.splits[s], source.labels[plan.source][plan.rows], num_channels, image_size,
                              evaluation, _RowNames(s, plan), None, args.strict_images)
-            for s, plan in source.plans.items()}
+            for s, plan in plans.items()}
     train_view = sets["train"]
     if args.augment:
         sets["train"] = train_view.with_transform(build_train_transform(
             image_size, args.crop_scale, flip_enabled(args, source.class_names), args.auto_augment), draft)
+    if source.stream is not None:          # --streaming: train is the stream; its head stands in where rows are read
+        train = source.plans["train"]
+        sets["train"] = StreamedImages(source.stream, source.labels[train.source][train.rows], sets["train"],
+                                       args.shuffle_buffer_size, source.seed)
     rng = np.random.default_rng(source.seed)
     sample = np.sort(rng.choice(len(train_view), size=min(STATS_SAMPLE, len(train_view)), replace=False))
     items = [(image, label) for image, label in (train_view[int(i)] for i in sample) if label >= 0]

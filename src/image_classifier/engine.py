@@ -33,7 +33,7 @@ from .model_folder import CHECKPOINTS
 from .models import train_stem_bias
 from .optim import build_optimizer, freeze_backbone
 from .recipes import RECIPES, recipe_for
-from .streaming import SKIPPED, collate_dropping_skipped
+from .streaming import SKIPPED, StreamedImages, collate_dropping_skipped
 
 __all__ = [
     "TrainerState",
@@ -397,6 +397,61 @@ class ResidentBatches:
             yield (self.flip(images, index, self.epoch) if self.flip else images), self.labels[index]
 
 
+class StreamedBatches:
+    """Training batches of a streamed train split (--streaming; streaming.StreamedImages): this process's part of
+    the stream through a DataLoader (its workers decode), in full batches moved to `device`.
+
+    Every process yields the same number of batches per epoch, the split's rows over (batch x processes), in whole
+    accumulation windows, or the others would wait at a gradient all-reduce. Parts can differ in length: datasets
+    gives each process whole files where their number allows (else every n-th row), so with files of unequal
+    length a short part goes round again, in another order, and a long part leaves its last rows of this epoch's
+    order unread. Resumed mid-epoch, the first batches are read and dropped (a stream cannot seek).
+    Yields (uint8 (B, C, H, W), int64 (B,)).
+    """
+
+    def __init__(self, data, batch_size: int, device: torch.device, rank: int, world_size: int, accumulation: int,
+                 num_workers: int):
+        self.data, self.rank = data.shard(rank, world_size), rank
+        self.batch_size = max(1, min(batch_size, len(data) // (world_size * accumulation)))
+        self.windows = max(len(data) // (self.batch_size * world_size * accumulation), 1)
+        self.accumulation, self.device, self.num_workers = accumulation, device, num_workers
+        self.epoch, self.skip = 0, 0
+
+    def __len__(self) -> int:
+        return self.windows * self.accumulation - self.skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_first_batches(self, n: int) -> "StreamedBatches":
+        view = StreamedBatches.__new__(StreamedBatches)
+        view.__dict__.update(self.__dict__, skip=n)
+        return view
+
+    def __iter__(self):
+        count, total, b = 0, len(self) + self.skip, self.batch_size
+        images, labels = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        for lap in range(total + 1):
+            self.data.set_epoch(self.epoch + lap * 1_000_003)      # a second lap of a short part: another order
+            read = 0
+            # the loader's batches end where each worker's rows do: joined and cut again into full batches
+            for more_images, more_labels in build_loader(self.data, b, True, self.num_workers, persistent=False):
+                images, labels = torch.cat([images, more_images]), torch.cat([labels, more_labels])
+                read += len(more_labels)
+                while len(labels) >= b:
+                    count += 1
+                    if count > self.skip:
+                        yield images[:b].to(self.device), labels[:b].to(self.device)
+                    images, labels = images[b:], labels[b:]
+                    if count >= total:
+                        return
+            if read == 0:
+                break
+        raise RuntimeError(f"Process {self.rank}'s part of the train stream holds no readable image (datasets gives "
+                           "each process whole files of the stream where their number allows): use fewer processes "
+                           "or a dataset in more files.")
+
+
 def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator, args: TrainingArguments,
                  state: TrainerState, max_steps: int, average_weights: Optional[Callable[[], None]] = None,
                  stop: Optional[StopOnSignal] = None, class_weights: Optional[torch.Tensor] = None) -> dict[str, float]:
@@ -447,6 +502,21 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
     return dict(zip(("loss_sum", "correct", "seen"), totals))
 
 
+def check_finite(loss_sum: float, state: TrainerState, optimizer: torch.optim.Optimizer,
+                 args: TrainingArguments) -> None:
+    """Stop with a ConfigError naming --learning_rate when an epoch's training loss is not finite (the weights
+    are then NaN or inf: evaluating them would only fail later, in a metric). One check per epoch, on the
+    loss summed over all processes, so every process stops together; nothing of this epoch is saved."""
+    if math.isfinite(loss_sum):
+        return
+    peak = max(state.learning_rates, default=optimizer.param_groups[0]["lr"])
+    raise ConfigError("learning_rate", (
+        f"training diverged in epoch {state.epoch + 1}: the training loss became {loss_sum} (the learning rate had "
+        f"reached {peak:.3g}) and nothing of this epoch was saved. Lower --learning_rate (it is "
+        f"{args.learning_rate:g}; `python -m image_classifier lr-find` with the same flags suggests one) or raise "
+        "--warmup_ratio, and run again with --overwrite_output_dir."))
+
+
 def _report_step(bar, accelerator: Accelerator, state: TrainerState, loss: torch.Tensor, loss_sum: torch.Tensor,
                  correct: torch.Tensor, seen: torch.Tensor, lr: float) -> None:
     """Every --logging_steps: the epoch's running loss and accuracy on the progress bar; this step's loss and the
@@ -473,9 +543,10 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
         multiprocessing.set_forkserver_preload(["torch", "torchvision.transforms.v2", __package__ + ".streaming"])
     cuda = torch.cuda.is_available() and training_on_cuda()
     context = "forkserver" if num_workers > 0 and "forkserver" in multiprocessing.get_all_start_methods() else None
+    ordered = isinstance(dataset, torch.utils.data.IterableDataset)     # a stream shuffles itself
     # A generator of its own: each new iterator draws its worker seed from it instead of the global
     # RNG, so the iterator a mid-epoch resume creates leaves the augmentation draws where they were.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None and not ordered, sampler=sampler,
                       num_workers=num_workers, drop_last=False, persistent_workers=persistent and num_workers > 0,
                       generator=torch.Generator(), pin_memory=cuda, multiprocessing_context=context,
                       prefetch_factor=(4 if cuda else 2) if num_workers > 0 else None,
@@ -575,6 +646,7 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
         sums = _train_epoch(loop.model, loader, loop.optimizer, loop.scheduler, augment, mix, accelerator, args,
                             state, loop.max_steps, loop.average_weights(), stop, loop.class_weights)
         state.train_seconds += time.perf_counter() - started
+        check_finite(sums["loss_sum"], state, loop.optimizer, args)
         sums = {k: v + state.epoch_sums.get(k, 0.0) for k, v in sums.items()}   # + the part before a resume
         if stop and stop.agreed:   # stopped mid-epoch: the resumed run finishes this epoch and its sums
             state.epoch_sums = sums
@@ -621,6 +693,11 @@ def setup(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, c
                                        accelerator.process_index, accelerator.num_processes,
                                        args.gradient_accumulation_steps,
                                        augment.alternating_flip(len(train_set), args.seed))
+    elif isinstance(train_set, StreamedImages):          # --streaming: each process reads its own part
+        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+        train_loader = StreamedBatches(train_set, args.per_device_train_batch_size, accelerator.device,
+                                       accelerator.process_index, accelerator.num_processes,
+                                       args.gradient_accumulation_steps, workers)
     else:
         train_loader = build_loader(train_set, args.per_device_train_batch_size, True, workers,
                                     balanced_sampler(train_set.labels, args.seed) if class_balance == "sampling" else None)
@@ -687,7 +764,7 @@ def _epoch_loader(loop: Loop, accelerator: Accelerator, seed: int):
         # Same augmentation/dropout draws for an epoch whether or not the run was resumed.
         set_seed(seed * 1000 + state.epoch, device_specific=True)
         loader = loop.train_loader
-    elif isinstance(loop.train_loader, ResidentBatches):    # resumed: the RNG states came back with the checkpoint
+    elif isinstance(loop.train_loader, (ResidentBatches, StreamedBatches)):   # resumed: RNG states came back
         loader = loop.train_loader.skip_first_batches(state.step_in_epoch)
     else:
         loader = accelerator.skip_first_batches(loop.train_loader, state.step_in_epoch)

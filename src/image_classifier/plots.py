@@ -214,14 +214,14 @@ def plot_robustness(report: Mapping[str, Any], path: str | os.PathLike) -> None:
     _save(fig, path)
 
 
-def plot_lr_find(rates: Sequence[float], smoothed: Sequence[float], suggestion: float, steepest: float,
+def plot_lr_find(rates: Sequence[float], smoothed: Sequence[float], suggestion: float, valley: float,
                  path: str | os.PathLike, title: str = "") -> None:
     """The learning-rate finder: smoothed training loss against the learning rate (log scale), the suggestion
-    (valley) and the steepest fall marked."""
+    (the steepest fall) and fastai's valley reading marked."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(rates, smoothed, "-")
-    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggestion (valley): {suggestion:.3g}")
-    ax.axvline(steepest, color="tab:gray", linestyle=":", label=f"steepest fall: {steepest:.3g}")
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggestion (steepest fall): {suggestion:.3g}")
+    ax.axvline(valley, color="tab:gray", linestyle=":", label=f"fastai's valley: {valley:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss (smoothed)")

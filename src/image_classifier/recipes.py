@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 __all__ = ["RECIPES", "OPTIMIZERS", "MODEL_RECIPES", "DEFAULT_MODEL", "RECIPE_FLAGS", "PHOTO_SIDE", "PHOTO_MODEL",
            "PHOTO_IMAGE_SIZE", "RESIDENT_MAX_GIB", "DataTraits", "recipe_for", "default_model", "photo_image_size",
-           "choose_data_path", "schedule_defaults", "optimizer_defaults", "describe", "LABEL_SMOOTHING",
+           "choose_data_path", "schedule_defaults", "optimizer_defaults", "describe", "LABEL_SMOOTHING", "MODEL_LEARNING_RATES",
            "LABEL_SMOOTHING_DEFAULT", "BUDGET_TIERS", "BUDGET_MAX_EPOCHS", "PLAN_EFFICIENCY", "SLOW_DEFAULT_SECONDS",
            "BUDGET_MIN_FULL_EPOCHS", "plan_epochs"]
 
@@ -87,6 +87,11 @@ OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adam": dict(learning_rate=1e-3, weight_decay=5e-4, momentum=0.9),
     "adamw": dict(learning_rate=1e-3, weight_decay=5e-4, momentum=0.9),
 }
+
+# Peak learning rates where a model differs from its optimizer's default. cnn-basic has no BatchNorm: at SGD's 0.2 it
+# diverged (NaN) in a 5-epoch one-cycle run on CIFAR-10 and reached 68.2 % in its default 10 epochs; at 0.1, 71.2 %
+# (the best of a 5-rate grid) and 75.7 % (bench/RESULTS.md, "lr-find").
+MODEL_LEARNING_RATES = {("cnn-basic", "sgd"): 0.1}
 
 # The flags a recipe or an optimizer fills, in the order a run prints them.
 RECIPE_FLAGS = ("optimizer", "per_device_train_batch_size", "learning_rate", "sgd_learning_rate",
@@ -167,8 +172,9 @@ def schedule_defaults(recipe: str, on_cuda: bool, num_train_epochs: Optional[flo
             "num_train_epochs": r["num_train_epochs"], "progressive_resize_epochs": resized}
 
 
-def optimizer_defaults(optimizer: str, batch: int) -> dict[str, Any]:
-    """Flag values of `optimizer` at `batch` images per optimizer step per process."""
+def optimizer_defaults(optimizer: str, batch: int, model: Optional[str] = None) -> dict[str, Any]:
+    """Flag values of `optimizer` at `batch` images per optimizer step per process (for `model`: see
+    MODEL_LEARNING_RATES)."""
     o = OPTIMIZERS[optimizer]
     values = {k: o[k] for k in ("weight_decay", "momentum")}
     if optimizer == "muon":
@@ -176,7 +182,7 @@ def optimizer_defaults(optimizer: str, batch: int) -> dict[str, Any]:
                       sgd_learning_rate=o["sgd_learning_rate_per_image"] * batch,
                       bias_learning_rate_scale=o["bias_learning_rate_scale"])
     else:
-        values["learning_rate"] = o["learning_rate"]
+        values["learning_rate"] = MODEL_LEARNING_RATES.get((model, optimizer), o["learning_rate"])
     return values
 
 
