@@ -93,6 +93,23 @@ def assert_same_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 
 
+def assert_metrics_match_one_process(out: Path, metrics: dict, data, images: list) -> None:
+    """The saved folder, loaded by stock transformers in this one process, scores the test `images` (PIL, in the
+    order of data's test split) as the run's metrics.json says, to 1e-5."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from image_classifier.metrics import compute_metrics
+
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    with torch.no_grad():
+        logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits.numpy()
+    ours = compute_metrics(logits, data.tensors["test"].labels.numpy(), data.class_names, prefix="test")
+    assert metrics["test_num_samples"] == len(images)
+    for key in ("test_accuracy", "test_loss", "test_f1"):
+        assert metrics[key] == pytest.approx(ours[key], abs=1e-5), key
+
+
 def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
@@ -367,11 +384,8 @@ def test_two_processes_on_the_streaming_path_see_every_photo_and_score_what_one_
     """Photos, decoded per sample (two loader workers per process): each epoch covers every training photo across
     the processes (Accelerate pads the last global batch with a few repeats), and metrics.json equals a one-process
     evaluation of the saved model through the saved image processor."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
     from image_classifier.data import load_data
     from image_classifier.images import load_image
-    from image_classifier.metrics import compute_metrics
 
     out = tmp_path / "model"
     done = train([*recipe(photo_folder, out, "--num_train_epochs", 2, "--image_size", 32, "--model", "cnn-fast"),
@@ -386,18 +400,10 @@ def test_two_processes_on_the_streaming_path_see_every_photo_and_score_what_one_
     for epoch in json.loads((out / "history.json").read_text()):
         assert n <= epoch["train_images"] < n + global_batch, epoch
 
-    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
-    processor = AutoImageProcessor.from_pretrained(out)
     paths = [v["path"] for v in data.splits["test"].cast_column(
         "image", __import__("datasets").Image(decode=False))["image"]]
-    with torch.no_grad():
-        pixels = processor(images=[load_image(p) for p in paths], return_tensors="pt")["pixel_values"]
-        logits = model(pixel_values=pixels).logits.numpy()
-    ours = compute_metrics(logits, data.tensors["test"].labels.numpy(), data.class_names, prefix="test")
-    assert metrics["test_num_samples"] == len(paths)
     # Evaluation decodes each photo whole, as the processor's caller does: the same numbers.
-    for key in ("test_accuracy", "test_loss", "test_f1"):
-        assert metrics[key] == pytest.approx(ours[key], abs=1e-5), key
+    assert_metrics_match_one_process(out, metrics, data, [load_image(p) for p in paths])
 
 
 @pytest.mark.slow
@@ -406,10 +412,7 @@ def test_two_processes_with_streaming_read_their_parts_and_score_what_one_proces
     reads its own part of the train stream and both take the same number of batches (the shorter part goes
     round again), every epoch trains on len(train) // global batch x global batch images, and metrics.json equals a
     one-process evaluation of the saved model through the saved image processor."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
     from image_classifier.data import load_data
-    from image_classifier.metrics import compute_metrics
 
     out = tmp_path / "model"
     done = train([*recipe(tiny_parquet_folder, out, "--num_train_epochs", 2, "--model", "cnn-fast"), "--streaming",
@@ -423,19 +426,13 @@ def test_two_processes_with_streaming_read_their_parts_and_score_what_one_proces
     assert len(data.tensors["train"]) == 48            # 60 less the carved 20 % (parts of 14 and 34 rows)
     assert [epoch["train_images"] for epoch in json.loads((out / "history.json").read_text())] == [48, 48]
 
-    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
-    processor = AutoImageProcessor.from_pretrained(out)
     from io import BytesIO
 
     from PIL import Image
 
     images = [Image.open(BytesIO(value["bytes"])).convert("RGB") for value in data.splits["test"]["image"]]
-    with torch.no_grad():
-        logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits.numpy()
-    ours = compute_metrics(logits, data.tensors["test"].labels.numpy(), data.class_names, prefix="test")
-    assert metrics["test_num_samples"] == 12
-    for key in ("test_accuracy", "test_loss", "test_f1"):
-        assert metrics[key] == pytest.approx(ours[key], abs=1e-5), key
+    assert len(images) == 12
+    assert_metrics_match_one_process(out, metrics, data, images)
 
 
 def test_a_streaming_run_resumed_after_epoch_one_reaches_the_same_weights(tiny_parquet_folder, tmp_path):

@@ -31,7 +31,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -512,9 +512,8 @@ def _stratified_split(labels: np.ndarray, n_holdout: int, seed: int | list[int],
     return np.sort(np.asarray(kept, dtype=np.int64)), np.sort(np.asarray(holdout, dtype=np.int64))
 
 
-def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,
-                 class_names: list[str], notes: list[str]) -> dict[str, _SplitPlan]:
-    """train/validation/test as rows of source splits; carve what is missing from train; subset."""
+def _name_splits(names: list[str], notes: list[str]) -> dict[str, str]:
+    """{train/validation/test: the source split that plays it} by SPLIT_NAMES (the only split is train)."""
     found: dict[str, str] = {}
     for canonical, aliases in SPLIT_NAMES.items():
         for name in names:
@@ -531,6 +530,28 @@ def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArgu
     ignored = [n for n in names if n not in found.values()]
     if ignored:
         notes.append(f"splits not used: {', '.join(ignored)}")
+    return found
+
+
+def _limit_splits(plans: dict[str, _SplitPlan], labels: dict[str, np.ndarray], args: DataArguments, seed: int,
+                  notes: list[str]) -> dict[str, _SplitPlan]:
+    """--max_train_samples / --max_eval_samples: a stratified subset of each split (each class keeps its share)."""
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
+    for i, s in enumerate(("train", "validation", "test")):
+        plan = plans[s]
+        plan.rows_before_limit = len(plan.rows)
+        limit = limits[s]
+        if limit is not None and limit < len(plan.rows):
+            kept, _ = _stratified_split(labels[plan.source][plan.rows], len(plan.rows) - limit, [seed, i], notes)
+            plan.rows = plan.rows[kept]
+            plan.origin += f"; {limit} of {plan.rows_before_limit} (stratified, seed {seed})"
+    return {s: plans[s] for s in ("train", "validation", "test")}
+
+
+def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,
+                 class_names: list[str], notes: list[str]) -> dict[str, _SplitPlan]:
+    """train/validation/test as rows of source splits; carve what is missing from train; subset."""
+    found = _name_splits(names, notes)
 
     def labeled(name: str) -> np.ndarray:
         return np.flatnonzero(labels[name] >= 0)
@@ -573,16 +594,7 @@ def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArgu
         plans["train"] = _SplitPlan(train.source, source_rows[kept],
                                     f"{train.source} minus the carved {' and '.join(missing)}")
 
-    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
-    for i, s in enumerate(("train", "validation", "test")):
-        plan = plans[s]
-        plan.rows_before_limit = len(plan.rows)
-        limit = limits[s]
-        if limit is not None and limit < len(plan.rows):      # each class keeps its share
-            kept, _ = _stratified_split(labels[plan.source][plan.rows], len(plan.rows) - limit, [seed, i], notes)
-            plan.rows = plan.rows[kept]
-            plan.origin += f"; {limit} of {plan.rows_before_limit} (stratified, seed {seed})"
-    return {s: plans[s] for s in ("train", "validation", "test")}
+    return _limit_splits(plans, labels, args, seed, notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -832,7 +844,8 @@ def open_stream(args: DataArguments, seed: int) -> DataSource:
               for value in splits[s]["image"]]
     stream = streams[train.source]
     if train.rows_before_limit > len(train.rows):      # --max_train_samples: its rows, by content (a pass to read)
-        stream = stream.filter(KeyFilter(_row_keys(stream, train.rows), keep=True))
+        keys = _read_rows(streams, {"train": train}, lambda row: image_key(row["image"]))["train"]
+        stream = stream.filter(KeyFilter(keys, keep=True))
     elif carved:
         stream = stream.filter(KeyFilter(carved, keep=False))
     source = DataSource(args, kind, resolved, image_column, label_column, datasets.IterableDatasetDict(streams),
@@ -842,26 +855,19 @@ def open_stream(args: DataArguments, seed: int) -> DataSource:
     return source
 
 
-def _read_rows(streams: dict, plans: dict[str, "_SplitPlan"]) -> dict[str, list[dict]]:
-    """The rows each plan names (positions in its source stream), read in one pass per source stream, which stops
-    after the last row wanted."""
-    out: dict[str, list[dict]] = {s: [] for s in plans}
+def _read_rows(streams: dict, plans: dict[str, "_SplitPlan"], pick: Callable[[dict], Any] = lambda row: row
+               ) -> dict[str, list]:
+    """pick(row) of the rows each plan names (positions in its source stream), read in one pass per source stream,
+    which stops after the last row wanted; `pick` keeps what is needed of a row (the whole of it by default)."""
+    out: dict[str, list] = {s: [] for s in plans}
     for source in {p.source for p in plans.values()}:
         mine = {s: set(p.rows.tolist()) for s, p in plans.items() if p.source == source}
         last = max((int(p.rows.max()) for p in plans.values() if p.source == source and len(p.rows)), default=-1)
         for position, row in enumerate(streams[source].take(last + 1)):
             for s, rows in mine.items():
                 if position in rows:
-                    out[s].append(row)
+                    out[s].append(pick(row))
     return out
-
-
-def _row_keys(stream, rows: np.ndarray) -> list[str]:
-    """image_key of the rows at these positions of `stream` (read up to the last one; nothing kept but the keys)."""
-    from .streaming import image_key
-
-    wanted, last = set(rows.tolist()), int(rows.max()) if len(rows) else -1
-    return [image_key(row["image"]) for position, row in enumerate(stream.take(last + 1)) if position in wanted]
 
 
 def _plan_stream_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,
@@ -869,12 +875,8 @@ def _plan_stream_splits(names: list[str], labels: dict[str, np.ndarray], args: D
     """train/validation/test as positions in the source streams. A missing validation or test split is carved from
     the first rows of train (only they are read twice) when those rows hold every class train has; else (a stream
     ordered by class, as image folders are) by the stratified split of the other data path, which reads the train
-    stream once more, up to the last carved row. --max_*_samples keep the first rows of each."""
-    found = {canonical: name for canonical, aliases in SPLIT_NAMES.items() for name in reversed(names)
-             if name.lower() in aliases}
-    if "train" not in found:
-        found["train"] = names[0]
-        notes.append(f"the split {names[0]!r} is used as train")
+    stream once more, up to the last carved row. --max_*_samples keep a stratified subset of each."""
+    found = _name_splits(names, notes)
     source = found["train"]
     every = labels[source]
     n = len(every)
@@ -907,15 +909,7 @@ def _plan_stream_splits(names: list[str], labels: dict[str, np.ndarray], args: D
     for s in ("validation", "test"):
         if s in found:
             plans[s] = _SplitPlan(found[s], np.arange(len(labels[found[s]])), found[s])
-    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_eval_samples}
-    for i, s in enumerate(("train", "validation", "test")):       # each class keeps its share, as on the other path
-        plan = plans[s]
-        plan.rows_before_limit = len(plan.rows)
-        if limits[s] is not None and limits[s] < len(plan.rows):
-            kept, _ = _stratified_split(labels[plan.source][plan.rows], len(plan.rows) - limits[s], [seed, i], notes)
-            plan.rows = plan.rows[kept]
-            plan.origin += f"; {limits[s]} of {plan.rows_before_limit} (stratified, seed {seed})"
-    return {s: plans[s] for s in ("train", "validation", "test")}
+    return _limit_splits(plans, labels, args, seed, notes)
 
 
 def load_data(args: DataArguments, seed: int, source: Optional[DataSource] = None) -> ImageData:
