@@ -9,10 +9,14 @@ In one process, on the run's own objects (`runner.run` is what train.py calls):
 1. loader: images/s of the training DataLoader alone (decode + random-resized crop + flip in the run's
    --dataloader_num_workers worker processes (0: in this process), collated into uint8 batches), over
    --loader_batches batches; and with one worker per core, what the loader could feed a GPU;
-2. bare: the same model doing forward + backward + optimizer step on random batches of the same size, in the
-   same process (no data at all): what the loop could reach if it never waited for data;
+2. bare: the same model doing forward + backward + optimizer step on random batches of the same size (no data at
+   all), in a fresh process just before the run and again just after it, the mean of the two: what the loop could
+   reach if it never waited for data (this host's speed drifts 5-10 % between minutes; one timing beside a
+   10-minute run moved the ratio below by as much);
 3. loop: one training epoch of `train.py` on the folder (the run's own plan: data path, model, recipe, batch),
-   images/s as the run counts them (training seconds, evaluation excluded), and efficiency = loop / bare;
+   images/s as the run counts them (training seconds, evaluation excluded), and efficiency = loop / bare; beside
+   it, by the run's own clock, the share of its training seconds the loop spent waiting for its next batch
+   (history.json's data_wait_seconds): 1 - that share is the efficiency that no drift of the host can move;
 4. memory: the peak of the summed PSS of this process and all its children (the loader workers; PSS counts a
    page the processes share once, as RSS does not), sampled every 0.5 s through the whole run, beside the
    run's own estimate of a step's memory; and the bytes written under the cache folders (HF_HOME) by the run.
@@ -40,7 +44,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 from image_classifier import data as data_stage  # noqa: E402
 from image_classifier import engine, models  # noqa: E402
 from image_classifier.config import parse_config  # noqa: E402
-from image_classifier.runner import build_model, run  # noqa: E402
+from image_classifier.runner import build_model, follow_the_data, run  # noqa: E402
 from timing import describe_host, time_steps  # noqa: E402
 
 
@@ -116,6 +120,25 @@ def measure_bare(model, data, config, seconds: float) -> float:
     return time_steps(step, torch.device("cpu"), batch, steps=3, min_seconds=seconds, warmup=1)["images_per_second"]
 
 
+def bare_in_a_fresh_process(flags: list[str], seconds: float) -> float:
+    """measure_bare for the run's resolved model, data size and batch, in a fresh process, so that neither its
+    memory nor its allocator's leftovers count in the run's peak."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_bare, flags, seconds).result()
+
+
+def _bare(flags: list[str], seconds: float) -> float:
+    """The run's flags resolved for the data as train.py resolves them (model, input size, batch), into a folder
+    of their own; no training."""
+    config = parse_config([*flags, "--output_dir", tempfile.mkdtemp(prefix="data_throughput-bare-")])
+    source, _ = follow_the_data(config)
+    data = data_stage.load_data(config.data, seed=config.train.seed, source=source)
+    return measure_bare(build_model(config, data)[0], data, config, seconds)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="an image folder (bench/make_photo_folder.py makes one)")
@@ -131,6 +154,7 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="data_throughput-")
     flags = ["--dataset", args.dataset, "--output_dir", out, "--num_train_epochs", "1", *args.train_args]
 
+    bare_before = bare_in_a_fresh_process(flags, args.bare_seconds)
     with PeakMemory() as memory:
         config = parse_config(flags)
         started = time.perf_counter()
@@ -138,6 +162,7 @@ def main() -> None:
         wall = time.perf_counter() - started
     history = json.loads((Path(out) / "history.json").read_text())
     loop_rate = history[0]["train_images"] / history[0]["seconds"]
+    waited = history[0]["data_wait_seconds"] / history[0]["seconds"]      # share of the training seconds
     cache_written = folder_bytes(cache_root) - cache_before
 
     data = data_stage.load_data(config.data, seed=config.train.seed)   # the run's resolved config, again
@@ -148,7 +173,8 @@ def main() -> None:
     model, _ = build_model(config, data)
     estimate = models.estimate_training_bytes(model, config.train.per_device_train_batch_size,
                                               (data.num_channels, data.image_size, data.image_size))
-    bare_rate = measure_bare(model, data, config, args.bare_seconds)
+    bare_after = bare_in_a_fresh_process(flags, args.bare_seconds)
+    bare_rate = (bare_before + bare_after) / 2
 
     figures = {
         "dataset": args.dataset, "train_images": len(data.tensors["train"]), "data_path": data.path,
@@ -157,7 +183,9 @@ def main() -> None:
         "cpu": f"{psutil.cpu_count()} cores, torch threads {torch.get_num_threads()}",
         "loader_images_per_second": round(loader_rate, 1), f"loader_images_per_second_{cores}_workers":
         round(loader_rate_all, 1), "bare_images_per_second": round(bare_rate, 1),
+        "bare_images_per_second_before_after": [round(bare_before, 1), round(bare_after, 1)],
         "loop_images_per_second": round(loop_rate, 1), "pipeline_efficiency": round(loop_rate / bare_rate, 3),
+        "data_wait_share": round(waited, 4),
         "peak_pss_gb_run": round(memory.peak / 1e9, 2), "peak_pss_gb_loader_alone": round(loader_memory.peak / 1e9, 2),
         "step_estimate_gb": round(estimate / 1e9, 2), "cache_written_mb": round(cache_written / 1e6, 1),
         "run_wall_seconds": round(wall, 1), "train_seconds": history[0]["seconds"],
@@ -167,8 +195,11 @@ def main() -> None:
           f"{data.image_size}px, batch {figures['batch']}, {figures['workers']} workers ({figures['cpu']})")
     print(f"  loader alone  {loader_rate:8.1f} images/s with the run's {figures['workers']} workers, "
           f"{loader_rate_all:.1f} with {cores} (all cores)")
-    print(f"  bare model    {bare_rate:8.1f} images/s (forward + backward + step, random batches)")
-    print(f"  training loop {loop_rate:8.1f} images/s -> pipeline efficiency {loop_rate / bare_rate:.3f}")
+    print(f"  bare model    {bare_rate:8.1f} images/s (forward + backward + step, random batches; {bare_before:.1f} "
+          f"before the run, {bare_after:.1f} after)")
+    print(f"  training loop {loop_rate:8.1f} images/s -> pipeline efficiency {loop_rate / bare_rate:.3f}; it waited "
+          f"for its next batch {history[0]['data_wait_seconds']:.1f} s of {history[0]['seconds']:.1f} s "
+          f"({100 * waited:.1f} %): {1 - waited:.3f} by the run's own clock")
     print(f"  peak memory (PSS), all processes: {memory.peak / 1e9:.2f} GB for the run ({wall:.0f} s), "
           f"{loader_memory.peak / 1e9:.2f} GB for the loader alone; step estimate {estimate / 1e9:.2f} GB")
     print(f"  cache written under {cache_root}: {cache_written / 1e6:.1f} MB")

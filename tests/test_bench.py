@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import tiny_flags
@@ -159,6 +160,9 @@ def test_data_throughput_prints_rates_efficiency_and_memory(photo_folder, tmp_pa
     assert figures["loader_images_per_second"] > 0 and figures["bare_images_per_second"] > 0
     ratio = figures["loop_images_per_second"] / figures["bare_images_per_second"]
     assert abs(figures["pipeline_efficiency"] - ratio) < 0.01 * ratio + 1e-3
+    before, after = figures["bare_images_per_second_before_after"]
+    assert before > 0 and after > 0 and figures["bare_images_per_second"] == pytest.approx((before + after) / 2, abs=0.1)
+    assert 0 < figures["data_wait_share"] < 1 and "by the run's own clock" in done.stdout
     assert 0.1 < figures["peak_pss_gb_run"] < 20 and figures["cache_written_mb"] < 100
     assert "pipeline efficiency" in done.stdout and "peak memory (PSS), all processes" in done.stdout
 

@@ -69,7 +69,9 @@ def test_every_output_file_exists_and_parses(trained):
     assert metrics["test_accuracy"] > 0.6        # colours separate the three classes easily
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
-    assert {"train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "learning_rate", "seconds"} <= set(history[0])
+    assert {"train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "learning_rate", "seconds",
+            "data_wait_seconds"} <= set(history[0])
+    assert 0 <= history[0]["data_wait_seconds"] <= history[0]["seconds"]
     # Each epoch counts the images it trained on: its optimizer steps x the batch of 16 (no accumulation).
     assert all(h["train_images"] == 16 * len(h["learning_rates"]) > 0 for h in history)
     config = json.loads((out / "config.json").read_text())
@@ -206,6 +208,25 @@ def test_resident_batches_apply_the_alternating_flip_by_split_position():
         for batch_images, labels in batches:
             mirrored = batch_images[:, 0, 0, 0] > batch_images[:, 0, 0, 1]
             assert torch.equal(mirrored, schedule.first[labels] ^ bool(epoch))
+
+
+def test_waited_for_counts_the_wait_for_each_batch_not_the_work_between():
+    import time
+
+    from image_classifier.engine import WaitedFor
+
+    def slow(n):                 # a loader that takes 30 ms per batch
+        for i in range(n):
+            time.sleep(0.03)
+            yield i
+
+    batches = WaitedFor(slow(4))
+    seen = []
+    for i in batches:
+        time.sleep(0.05)         # a training step: not waiting
+        seen.append(i)
+    assert seen == [0, 1, 2, 3]
+    assert 0.11 < batches.seconds < 0.2
 
 
 def test_tta_views_average_mirror_and_shifted_copies():

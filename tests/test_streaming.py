@@ -237,6 +237,34 @@ def test_streaming_reads_a_parquet_folder_and_each_process_reads_its_own_part(ti
     assert len(carved) == 6 and not carved & set(parts[0] + parts[1])
 
 
+def test_evaluation_rows_over_the_memory_bound_are_memory_mapped_once_and_equal_the_in_memory_ones(
+        tiny_parquet_folder, tmp_path, monkeypatch):
+    import datasets
+
+    from image_classifier import data as data_stage
+
+    def rows(data):
+        return {s: data.splits[s].cast_column("image", datasets.Image(decode=False))[:] for s in data.splits}
+
+    args = DataArguments(dataset=str(tiny_parquet_folder), streaming=True, cache_dir=str(tmp_path / "cache"))
+    in_memory = load_data(args, seed=0)
+    assert not (tmp_path / "cache").exists() and all(not d.cache_files for d in in_memory.splits.values())
+    monkeypatch.setattr(data_stage, "STREAM_ROWS_IN_MEMORY_MB", 1e-4)          # 105 bytes: the tiny rows are over it
+    mapped = load_data(args, seed=0)
+    files = sorted((tmp_path / "cache").glob("*.arrow"))
+    assert len(files) == 3 and all(len(d.cache_files) == 1 for d in mapped.splits.values())     # memory-mapped
+    assert any("kept in memory-mapped files in" in note for note in mapped.summary["notes"])
+    assert rows(mapped) == rows(in_memory)                    # the same rows, bytes and labels, in the same order
+    assert torch.equal(mapped.tensors["test"][3][0], in_memory.tensors["test"][3][0])
+    stamps = [f.stat().st_mtime_ns for f in files]
+    load_data(args, seed=0)                                   # another process, or a later run: the same files
+    assert [f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").glob("*.arrow"))] == stamps
+    load_data(DataArguments(dataset=str(tiny_parquet_folder), streaming=True, cache_dir=str(tmp_path / "cache"),
+                            max_eval_samples=3), seed=0)   # other rows: files of their own, the first ones untouched
+    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 6           # (the rows not evaluated go back to train)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
 def test_streamed_batches_are_as_many_on_every_process_whatever_its_part(tiny_parquet_folder, tmp_path):
     from image_classifier.engine import StreamedBatches
 

@@ -78,6 +78,10 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 DEFAULTS_SAMPLE = 1000          # train images whose headers decide the default size and channels
 SKIPPED_SHOWN = 5               # skipped rows named in the warning and the summary
 STATS_SAMPLE = 256              # streaming path: train images whose pixels give the mean and std
+# --streaming: MB of encoded images (the evaluation splits and the train stream's first rows) a process holds in
+# memory; more go to Arrow files in the cache folder, memory-mapped and shared by the processes (ImageNet-1k's
+# validation split, 6.4 GB, would otherwise be held by every process).
+STREAM_ROWS_IN_MEMORY_MB = 256
 
 
 class DataError(ValueError):
@@ -809,7 +813,7 @@ def open_source(args: DataArguments, seed: int, raw=None, *, kind: str = "in mem
 def open_stream(args: DataArguments, seed: int) -> DataSource:
     """--streaming: what `open_source` does, on the dataset in datasets' streaming mode. One pass over each split's
     label column (nothing else is read) gives its labels and rows; validation and test come from the dataset's own
-    splits, else are carved from train (`_plan_stream_splits`) and read once into memory, still encoded; train stays
+    splits, else are carved from train (`_plan_stream_splits`) and read once, still encoded (`_hold_rows`); train stays
     a stream of the other rows (`DataSource.stream`), whose first DEFAULTS_SAMPLE (`DataSource.head`, in memory too)
     give the headers, the statistics and the plots."""
     import datasets
@@ -835,8 +839,7 @@ def open_stream(args: DataArguments, seed: int) -> DataSource:
     head = _SplitPlan(train.source, train.rows[:DEFAULTS_SAMPLE], "the first rows of the train stream")
     features = datasets.Features({"image": datasets.Image(decode=False), "label": features[label_column]})
     wanted = {s: p for s, p in plans.items() if s != "train"} | {"train": head}
-    splits = datasets.DatasetDict({s: datasets.Dataset.from_list(rows, features=features) for s, rows in
-                                   _read_rows(streams, wanted).items()})
+    splits = _hold_rows(streams, wanted, features, args, resolved, labels, notes)
     # The carved rows leave the train stream by content, not by position: datasets splits a skip() between the
     # parts it gives processes and loader workers (each skips its share of its own files), which would train on
     # validation images.
@@ -855,11 +858,13 @@ def open_stream(args: DataArguments, seed: int) -> DataSource:
     return source
 
 
-def _read_rows(streams: dict, plans: dict[str, "_SplitPlan"], pick: Callable[[dict], Any] = lambda row: row
-               ) -> dict[str, list]:
+def _read_rows(streams: dict, plans: dict[str, "_SplitPlan"], pick: Callable[[dict], Any] = lambda row: row,
+               max_bytes: Optional[int] = None) -> Optional[dict[str, list]]:
     """pick(row) of the rows each plan names (positions in its source stream), read in one pass per source stream,
-    which stops after the last row wanted; `pick` keeps what is needed of a row (the whole of it by default)."""
+    which stops after the last row wanted; `pick` keeps what is needed of a row (the whole of it by default).
+    None once the rows' encoded image bytes pass `max_bytes`."""
     out: dict[str, list] = {s: [] for s in plans}
+    held = 0
     for source in {p.source for p in plans.values()}:
         mine = {s: set(p.rows.tolist()) for s, p in plans.items() if p.source == source}
         last = max((int(p.rows.max()) for p in plans.values() if p.source == source and len(p.rows)), default=-1)
@@ -867,7 +872,59 @@ def _read_rows(streams: dict, plans: dict[str, "_SplitPlan"], pick: Callable[[di
             for s, rows in mine.items():
                 if position in rows:
                     out[s].append(pick(row))
+                    held += len((row["image"] or {}).get("bytes") or b"") if max_bytes is not None else 0
+            if max_bytes is not None and held > max_bytes:
+                return None
     return out
+
+
+def _hold_rows(streams: dict, plans: dict[str, "_SplitPlan"], features, args: DataArguments, resolved: str,
+               labels: dict[str, np.ndarray], notes: list[str]) -> Any:
+    """The rows each plan names as a datasets.DatasetDict, still encoded: in memory while they hold at most
+    STREAM_ROWS_IN_MEMORY_MB of image bytes; else each split is written once to an Arrow file in the cache folder
+    (atomically, by the first process to get there) and memory-mapped: every process of the run, and later runs on
+    the same data, rows and files, read that one file."""
+    import datasets
+
+    rows = _read_rows(streams, plans, max_bytes=STREAM_ROWS_IN_MEMORY_MB * 2**20)
+    if rows is not None:
+        return datasets.DatasetDict({s: datasets.Dataset.from_list(r, features=features) for s, r in rows.items()})
+    from datasets.arrow_writer import ArrowWriter
+
+    held = {}
+    for split, plan in plans.items():
+        key = {"kind": "streamed rows", "dataset": resolved, "config": args.dataset_config_name,
+               "source": plan.source, "rows": hashlib.sha256(plan.rows.astype(np.int64).tobytes()).hexdigest(),
+               "labels": hashlib.sha256(labels[plan.source].tobytes()).hexdigest(), "files": _file_stamps(resolved)}
+        path = _cache_file(_cache_root(args), resolved, split, key).with_suffix(".arrow")
+        if not path.is_file():
+            with atomic_path(path) as tmp, ArrowWriter(features=features, path=str(tmp)) as writer:
+                for row in _rows_at(streams[plan.source], plan.rows):     # one row in memory at a time
+                    writer.write(row)
+                writer.finalize()
+        held[split] = datasets.Dataset.from_file(str(path))
+    mb = sum(Path(d.cache_files[0]["filename"]).stat().st_size for d in held.values()) / 1e6
+    notes.append(f"Streaming: {', '.join(f'{s} ({len(d):,} images)' for s, d in held.items())} hold {mb:,.0f} MB of "
+                 f"encoded images, over {STREAM_ROWS_IN_MEMORY_MB} MB: kept in memory-mapped files in "
+                 f"{path.parent}, shared by the processes and reused by later runs on the same data, not held in "
+                 "each process's memory")
+    return datasets.DatasetDict(held)
+
+
+def _rows_at(stream, positions: np.ndarray) -> Iterable[dict]:
+    """The rows at these positions of a stream, in stream order, in one pass that stops after the last."""
+    wanted, last = set(positions.tolist()), int(positions.max()) if len(positions) else -1
+    for position, row in enumerate(stream.take(last + 1)):
+        if position in wanted:
+            yield row
+
+
+def _file_stamps(resolved: str) -> list:
+    """(path, bytes, mtime ns) of a local dataset's files, so a cache of its rows follows their edits; [] for a Hub
+    dataset (its label pass, in the key as well, and its name stand in)."""
+    path = Path(resolved)
+    files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.is_file() else []
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
 
 
 def _plan_stream_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,

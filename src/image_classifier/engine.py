@@ -457,7 +457,8 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
                  stop: Optional[StopOnSignal] = None, class_weights: Optional[torch.Tensor] = None) -> dict[str, float]:
     """One pass over the training loader (or until a stop signal at an optimizer step).
 
-    Returns the sums of loss, correct predictions and samples (`loss_sum`, `correct`, `seen`) over all processes.
+    Returns the sums of loss, correct predictions and samples (`loss_sum`, `correct`, `seen`) over all processes,
+    and of the seconds each process waited for its next batch (`data_wait_seconds`, see `WaitedFor`).
     `class_weights` (K,) weight the loss per true class (--class_balance loss).
     """
     model.train()
@@ -468,7 +469,8 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
     bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", leave=False, dynamic_ncols=True,
                disable=not accelerator.is_local_main_process, initial=state.step_in_epoch,
                total=state.step_in_epoch + len(loader))
-    for images, labels in bar:
+    batches = WaitedFor(bar)
+    for images, labels in batches:
         if labels.numel() == 0:        # the streaming path: every image of this batch was undecodable
             continue
         with accelerator.accumulate(model):
@@ -498,8 +500,29 @@ def _train_epoch(model, loader, optimizer, scheduler, augment, mix, accelerator,
         # Stop only where gradients were just applied: a checkpoint cannot hold half-accumulated ones.
         if state.global_step >= max_steps or (accelerator.sync_gradients and stop and stop.requested(accelerator)):
             break
-    totals = (accelerator.reduce(t, reduction="sum").item() for t in (loss_sum, correct, seen))
-    return dict(zip(("loss_sum", "correct", "seen"), totals))
+    waited = torch.tensor(batches.seconds, device=accelerator.device)
+    totals = (accelerator.reduce(t, reduction="sum").item() for t in (loss_sum, correct, seen, waited))
+    return dict(zip(("loss_sum", "correct", "seen", "data_wait_seconds"), totals))
+
+
+class WaitedFor:
+    """Iterates `batches`, adding up in `seconds` the time spent waiting for each next one (timm's "data time"):
+    on a CPU with no loader workers, the loop's own decoding; with workers, what they could not hide. On a GPU
+    the device may still be busy with queued steps meanwhile, so there it bounds the stall from above."""
+
+    def __init__(self, batches):
+        self.batches, self.seconds = batches, 0.0
+
+    def __iter__(self):
+        iterator = iter(self.batches)
+        while True:
+            started = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.seconds += time.perf_counter() - started
+            yield batch
 
 
 def check_finite(loss_sum: float, state: TrainerState, optimizer: torch.optim.Optimizer,
@@ -656,7 +679,10 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
             loop.lookahead.finish_epoch()
         record = {"train_loss": sums["loss_sum"] / sums["seen"], "train_accuracy": sums["correct"] / sums["seen"],
                   "train_images": int(sums["seen"]),     # images trained on this epoch, all processes
-                  "train_image_size": augment.train_size or loop.side}      # pixels (--progressive_resize_epochs)
+                  "train_image_size": augment.train_size or loop.side,      # pixels (--progressive_resize_epochs)
+                  # of this epoch's training seconds, those a process waited for its next batch (mean of the
+                  # processes; a resumed epoch: its part after the resume and the part before, as saved)
+                  "data_wait_seconds": round(sums["data_wait_seconds"] / accelerator.num_processes, 2)}
         logits, labels = predict(loop.evaluated, loop.eval_loader, normalize, accelerator, loop.epoch_tta)
         record_epoch(loop, record, evaluate_fn(logits, labels), args, accelerator)
         checkpoint = save_checkpoint(accelerator, args.output_dir, state, args.save_total_limit)
