@@ -265,6 +265,39 @@ def test_evaluation_rows_over_the_memory_bound_are_memory_mapped_once_and_equal_
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
 
+def test_unlabeled_stream_rows_are_dropped_and_an_unlabeled_test_split_is_carved_from_train(tiny_image_folder,
+                                                                                           tmp_path):
+    import datasets
+
+    from image_classifier.streaming import image_key
+
+    names = ["blue", "green", "red"]
+    files = sorted(tiny_image_folder.rglob("*.png"), key=str)
+    order = np.random.default_rng(2).permutation(len(files))
+    rows = [{"image": {"bytes": files[i].read_bytes(), "path": files[i].name},
+             "label": names.index(files[i].parent.name) if k % 6 else -1} for k, i in enumerate(order)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    root = tmp_path / "hub" / "data"
+    datasets.Dataset.from_list(rows[:60], features=features).to_parquet(str(root / "train-00000-of-00001.parquet"))
+    unlabeled = [dict(row, label=-1) for row in rows[60:]]      # a Hub test split without labels
+    datasets.Dataset.from_list(unlabeled, features=features).to_parquet(str(root / "test-00000-of-00001.parquet"))
+
+    data = load_data(DataArguments(dataset=str(root.parent), streaming=True, cache_dir=str(tmp_path / "c")), seed=0)
+    notes = data.summary["notes"]
+    assert "10 unlabeled rows of 'train' dropped" in notes and "12 unlabeled rows of 'test' dropped" in notes
+    assert "split 'test' has no labels: test is carved from train instead" in notes
+    splits = data.summary["splits"]
+    assert {s: info["rows"] for s, info in splits.items()} == {"train": 40, "validation": 5, "test": 5}
+    assert all(label >= 0 for s in ("validation", "test") for _, label in data.tensors[s])
+    streamed = [label for _, label in data.tensors["train"]]
+    assert len(streamed) == 40 and min(streamed) >= 0
+    assert np.bincount(streamed, minlength=3).tolist() == list(splits["train"]["class_counts"].values())
+    evaluated = {image_key(v) for s in ("validation", "test") for v in data.splits[s].cast_column(
+        "image", datasets.Image(decode=False))["image"]}
+    trained = {image_key(row["image"]) for row in data.tensors["train"].stream}
+    assert len(evaluated) == 10 and not evaluated & trained
+
+
 def test_streamed_batches_are_as_many_on_every_process_whatever_its_part(tiny_parquet_folder, tmp_path):
     from image_classifier.engine import StreamedBatches
 

@@ -552,28 +552,29 @@ def _limit_splits(plans: dict[str, _SplitPlan], labels: dict[str, np.ndarray], a
     return {s: plans[s] for s in ("train", "validation", "test")}
 
 
-def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,
-                 class_names: list[str], notes: list[str]) -> dict[str, _SplitPlan]:
-    """train/validation/test as rows of source splits; carve what is missing from train; subset."""
-    found = _name_splits(names, notes)
-
-    def labeled(name: str) -> np.ndarray:
-        return np.flatnonzero(labels[name] >= 0)
-
+def _labeled_splits(found: dict[str, str], labels: dict[str, np.ndarray], notes: list[str]) -> dict[str, _SplitPlan]:
+    """The labeled rows (label >= 0) of each split found: unlabeled rows are dropped, and a validation or test split
+    without any labels is left out (carved from train instead), each with a note."""
     plans: dict[str, _SplitPlan] = {}
     for canonical, name in found.items():
-        rows = labeled(name)
+        rows = np.flatnonzero(labels[name] >= 0)
         if len(rows) < len(labels[name]):
             notes.append(f"{len(labels[name]) - len(rows)} unlabeled rows of {name!r} dropped")
         if len(rows) == 0 and canonical != "train":
             notes.append(f"split {name!r} has no labels: {canonical} is carved from train instead")
             continue
         plans[canonical] = _SplitPlan(name, rows, name if name == canonical else f"{name} (as {canonical})")
-    train = plans.get("train")
-    if train is None or len(train.rows) == 0:
+    if "train" not in plans or len(plans["train"].rows) == 0:
         raise DataError(f"The train split {found['train']!r} has no labeled rows; pass a dataset whose train split "
                         f"has labels, or another --label_column.")
+    return plans
 
+
+def _plan_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,
+                 class_names: list[str], notes: list[str]) -> dict[str, _SplitPlan]:
+    """train/validation/test as rows of source splits; carve what is missing from train; subset."""
+    plans = _labeled_splits(_name_splits(names, notes), labels, notes)
+    train = plans["train"]
     missing = [s for s in ("validation", "test") if s not in plans]
     if missing:
         n = len(train.rows)
@@ -849,8 +850,11 @@ def open_stream(args: DataArguments, seed: int) -> DataSource:
     if train.rows_before_limit > len(train.rows):      # --max_train_samples: its rows, by content (a pass to read)
         keys = _read_rows(streams, {"train": train}, lambda row: image_key(row["image"]))["train"]
         stream = stream.filter(KeyFilter(keys, keep=True))
-    elif carved:
-        stream = stream.filter(KeyFilter(carved, keep=False))
+    else:
+        if carved:
+            stream = stream.filter(KeyFilter(carved, keep=False))
+        if (labels[train.source] < 0).any():       # unlabeled rows (-1): dropped from train as from the plan
+            stream = stream.filter(_is_labeled, input_columns="label")
     source = DataSource(args, kind, resolved, image_column, label_column, datasets.IterableDatasetDict(streams),
                         [str(n) for n in features["label"].names], labels, plans, splits,
                         _read_headers(splits["train"]), notes, seed)
@@ -911,6 +915,11 @@ def _hold_rows(streams: dict, plans: dict[str, "_SplitPlan"], features, args: Da
     return datasets.DatasetDict(held)
 
 
+def _is_labeled(label: int) -> bool:
+    """A stream filter (module-level, so loader workers can unpickle it): rows with a label (not -1)."""
+    return label >= 0
+
+
 def _rows_at(stream, positions: np.ndarray) -> Iterable[dict]:
     """The rows at these positions of a stream, in stream order, in one pass that stops after the last."""
     wanted, last = set(positions.tolist()), int(positions.max()) if len(positions) else -1
@@ -933,39 +942,36 @@ def _plan_stream_splits(names: list[str], labels: dict[str, np.ndarray], args: D
     the first rows of train (only they are read twice) when those rows hold every class train has; else (a stream
     ordered by class, as image folders are) by the stratified split of the other data path, which reads the train
     stream once more, up to the last carved row. --max_*_samples keep a stratified subset of each."""
-    found = _name_splits(names, notes)
-    source = found["train"]
-    every = labels[source]
+    plans = _labeled_splits(_name_splits(names, notes), labels, notes)
+    source, labeled = plans["train"].source, plans["train"].rows     # positions of train's labeled rows
+    every = labels[source][labeled]
     n = len(every)
-    missing = [s for s in ("validation", "test") if s not in found]
+    missing = [s for s in ("validation", "test") if s not in plans]
     fractions = {"validation": args.validation_split_fraction, "test": args.test_split_fraction}
     counts = {s: min(max(1, int(round(fractions[s] * n))), args.max_eval_samples or n) for s in missing}
     if sum(counts.values()) >= n:
-        raise DataError(f"The train split has only {n} images: too few to carve {' and '.join(missing)} from it "
-                        f"({counts}). Add images, lower --validation_split_fraction/--test_split_fraction, or "
+        raise DataError(f"The train split has only {n} labeled images: too few to carve {' and '.join(missing)} from "
+                        f"it ({counts}). Add images, lower --validation_split_fraction/--test_split_fraction, or "
                         "provide those splits.")
-    plans, start = {}, 0
+    start, which = 0, "labeled rows" if n < len(labels[source]) else "rows"
     for s in missing:
-        plans[s] = _SplitPlan(source, np.arange(start, start + counts[s]),
-                              f"the first {counts[s]} rows of the {source} stream (--streaming)")
+        plans[s] = _SplitPlan(source, labeled[start:start + counts[s]],
+                              f"the first {counts[s]} {which} of the {source} stream (--streaming)")
         start += counts[s]
-    plans["train"] = _SplitPlan(source, np.arange(start, n), f"{source} without the carved {' and '.join(missing)}"
+    plans["train"] = _SplitPlan(source, labeled[start:], f"{source} without the carved {' and '.join(missing)}"
                                 if missing else source)
     classes = len(set(every.tolist()))
-    if missing and any(len(set(every[p.rows].tolist())) < classes for s, p in plans.items() if s != "train"):
+    if missing and any(len(set(labels[source][p.rows].tolist())) < classes for s, p in plans.items() if s != "train"):
         kept, holdout = _stratified_split(every, start, seed, notes)
         parts = ({"validation": holdout} if missing == ["validation"] else {"test": holdout} if missing == ["test"]
                  else dict(zip(("test", "validation"), _stratified_split(every[holdout], counts["validation"], seed,
                                                                          notes))))
         for s in missing:
-            rows = np.sort(holdout[parts[s]]) if len(missing) == 2 else np.sort(parts[s])
+            rows = np.sort(labeled[holdout[parts[s]]] if len(missing) == 2 else labeled[parts[s]])
             plans[s] = _SplitPlan(source, rows, f"carved from {source} ({len(rows)}, stratified, seed {seed})")
-        plans["train"].rows = kept
+        plans["train"].rows = np.sort(labeled[kept])
         notes.append(f"the first rows of the {source} stream miss classes (it is ordered by class): "
                      f"{' and '.join(missing)} carved stratified instead, read in a pass over the stream")
-    for s in ("validation", "test"):
-        if s in found:
-            plans[s] = _SplitPlan(found[s], np.arange(len(labels[found[s]])), found[s])
     return _limit_splits(plans, labels, args, seed, notes)
 
 
