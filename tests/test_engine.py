@@ -52,8 +52,11 @@ def trained(tmp_path_factory, tiny_image_folder):
 
 def test_every_output_file_exists_and_parses(trained):
     out, results = trained
+    umask = os.umask(0)
+    os.umask(umask)
     for name in MODEL_FILES:
         assert (out / name).is_file(), name
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name      # readable as any saved file
     for name in PLOTS:
         assert (out / "plots" / name).stat().st_size > 1000, name
     for name in ("config.json", "preprocessor_config.json", "training_config.json", "metrics.json",

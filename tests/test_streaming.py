@@ -5,6 +5,7 @@ metrics.json says."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -246,7 +247,8 @@ def test_evaluation_rows_over_the_memory_bound_are_memory_mapped_once_and_equal_
     def rows(data):
         return {s: data.splits[s].cast_column("image", datasets.Image(decode=False))[:] for s in data.splits}
 
-    args = DataArguments(dataset=str(tiny_parquet_folder), streaming=True, cache_dir=str(tmp_path / "cache"))
+    folder = shutil.copytree(tiny_parquet_folder, tmp_path / "hub")
+    args = DataArguments(dataset=str(folder), streaming=True, cache_dir=str(tmp_path / "cache"))
     in_memory = load_data(args, seed=0)
     assert not (tmp_path / "cache").exists() and all(not d.cache_files for d in in_memory.splits.values())
     monkeypatch.setattr(data_stage, "STREAM_ROWS_IN_MEMORY_MB", 1e-4)          # 105 bytes: the tiny rows are over it
@@ -259,10 +261,14 @@ def test_evaluation_rows_over_the_memory_bound_are_memory_mapped_once_and_equal_
     stamps = [f.stat().st_mtime_ns for f in files]
     load_data(args, seed=0)                                   # another process, or a later run: the same files
     assert [f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").glob("*.arrow"))] == stamps
-    load_data(DataArguments(dataset=str(tiny_parquet_folder), streaming=True, cache_dir=str(tmp_path / "cache"),
+    load_data(DataArguments(dataset=str(folder), streaming=True, cache_dir=str(tmp_path / "cache"),
                             max_eval_samples=3), seed=0)   # other rows: files of their own, the first ones untouched
     assert len(list((tmp_path / "cache").glob("*.arrow"))) == 6           # (the rows not evaluated go back to train)
     assert [f.stat().st_mtime_ns for f in files] == stamps
+    test_file = folder / "data" / "test-00000-of-00001.parquet"
+    os.utime(test_file, ns=(test_file.stat().st_atime_ns, test_file.stat().st_mtime_ns + 10**9))     # edited
+    load_data(args, seed=0)
+    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 9           # the data changed: read afresh
 
 
 def test_unlabeled_stream_rows_are_dropped_and_an_unlabeled_test_split_is_carved_from_train(tiny_image_folder,
@@ -296,6 +302,26 @@ def test_unlabeled_stream_rows_are_dropped_and_an_unlabeled_test_split_is_carved
         "image", datasets.Image(decode=False))["image"]}
     trained = {image_key(row["image"]) for row in data.tensors["train"].stream}
     assert len(evaluated) == 10 and not evaluated & trained
+
+
+class _WorkerBufferSizes(torch.utils.data.IterableDataset):
+    def __init__(self, streamed):
+        self.streamed = streamed
+
+    def __iter__(self):
+        yield self.streamed.worker_buffer_size()
+
+
+def test_loader_workers_share_the_shuffle_buffer_and_still_read_every_row_once(tiny_parquet_folder, tmp_path):
+    data = load_data(DataArguments(dataset=str(tiny_parquet_folder), streaming=True, cache_dir=str(tmp_path),
+                                   shuffle_buffer_size=1000), seed=0)
+    train = data.tensors["train"]
+    assert train.worker_buffer_size() == 1000                     # no workers: the process's whole buffer
+    sizes = list(torch.utils.data.DataLoader(_WorkerBufferSizes(train), batch_size=None, num_workers=2))
+    assert sizes == [500, 500]                                    # datasets gives each worker a buffer of its own
+    labels = torch.cat([batch_labels for _, batch_labels in build_loader(train, 4, True, 2)])
+    assert len(labels) == 54 and np.bincount(labels.numpy(), minlength=3).tolist() == \
+        list(data.summary["splits"]["train"]["class_counts"].values())
 
 
 def test_streamed_batches_are_as_many_on_every_process_whatever_its_part(tiny_parquet_folder, tmp_path):

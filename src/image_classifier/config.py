@@ -146,10 +146,13 @@ class DataArguments:
                                          "(split_dataset_by_node) and decoded as read; validation and test (where "
                                          "the dataset has none: carved from the first rows of train, or stratified "
                                          "when the stream is ordered by class) are read once, still encoded, into "
-                                         "memory. Implies --data_path streaming."}
+                                         "memory (over 256 MB: a memory-mapped file in the cache folder). Implies "
+                                         "--data_path streaming."}
     )
     shuffle_buffer_size: int = field(
-        default=10_000, metadata={"help": "With --streaming: images (encoded) held to shuffle the train stream."}
+        default=10_000, metadata={"help": "With --streaming: images (encoded) a process holds to shuffle the train "
+                                          "stream, shared among its loader workers (each worker shuffles its own "
+                                          "files in a buffer of its share)."}
     )
     resident_max_gib: float = field(
         default=RESIDENT_MAX_GIB, metadata={"help": "GiB: decoded splits larger than this take the streaming path."}

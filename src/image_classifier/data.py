@@ -887,32 +887,40 @@ def _hold_rows(streams: dict, plans: dict[str, "_SplitPlan"], features, args: Da
     """The rows each plan names as a datasets.DatasetDict, still encoded: in memory while they hold at most
     STREAM_ROWS_IN_MEMORY_MB of image bytes; else each split is written once to an Arrow file in the cache folder
     (atomically, by the first process to get there) and memory-mapped: every process of the run, and later runs on
-    the same data, rows and files, read that one file."""
+    the same data, rows and files, read that one file (and nothing of the stream)."""
     import datasets
 
-    rows = _read_rows(streams, plans, max_bytes=STREAM_ROWS_IN_MEMORY_MB * 2**20)
-    if rows is not None:
-        return datasets.DatasetDict({s: datasets.Dataset.from_list(r, features=features) for s, r in rows.items()})
-    from datasets.arrow_writer import ArrowWriter
+    files = {split: _rows_file(args, resolved, split, plan, labels) for split, plan in plans.items()}
+    if not all(path.is_file() for path in files.values()):
+        rows = _read_rows(streams, plans, max_bytes=STREAM_ROWS_IN_MEMORY_MB * 2**20)
+        if rows is not None:
+            return datasets.DatasetDict({s: datasets.Dataset.from_list(r, features=features) for s, r in rows.items()})
+        from datasets.arrow_writer import ArrowWriter
 
-    held = {}
-    for split, plan in plans.items():
-        key = {"kind": "streamed rows", "dataset": resolved, "config": args.dataset_config_name,
-               "source": plan.source, "rows": hashlib.sha256(plan.rows.astype(np.int64).tobytes()).hexdigest(),
-               "labels": hashlib.sha256(labels[plan.source].tobytes()).hexdigest(), "files": _file_stamps(resolved)}
-        path = _cache_file(_cache_root(args), resolved, split, key).with_suffix(".arrow")
-        if not path.is_file():
-            with atomic_path(path) as tmp, ArrowWriter(features=features, path=str(tmp)) as writer:
-                for row in _rows_at(streams[plan.source], plan.rows):     # one row in memory at a time
-                    writer.write(row)
-                writer.finalize()
-        held[split] = datasets.Dataset.from_file(str(path))
-    mb = sum(Path(d.cache_files[0]["filename"]).stat().st_size for d in held.values()) / 1e6
-    notes.append(f"Streaming: {', '.join(f'{s} ({len(d):,} images)' for s, d in held.items())} hold {mb:,.0f} MB of "
-                 f"encoded images, over {STREAM_ROWS_IN_MEMORY_MB} MB: kept in memory-mapped files in "
-                 f"{path.parent}, shared by the processes and reused by later runs on the same data, not held in "
-                 "each process's memory")
+        for split, path in files.items():
+            if not path.is_file():
+                with atomic_path(path) as tmp, ArrowWriter(features=features, path=str(tmp)) as writer:
+                    for row in _rows_at(streams[plans[split].source], plans[split].rows):   # one row at a time
+                        writer.write(row)
+                    writer.finalize()
+    held = {split: datasets.Dataset.from_file(str(path)) for split, path in files.items()}
+    mb = sum(path.stat().st_size for path in files.values()) / 1e6
+    what = ", ".join(f"{len(d):,} {'first train rows' if s == 'train' else s + ' images'}" for s, d in held.items())
+    notes.append(f"Streaming: the {what} hold {mb:,.0f} MB of encoded images, over {STREAM_ROWS_IN_MEMORY_MB} MB: "
+                 f"kept in memory-mapped files in {next(iter(files.values())).parent}, written once, shared by the "
+                 "processes and reused by later runs on the same data, not held in each process's memory")
     return datasets.DatasetDict(held)
+
+
+def _rows_file(args: DataArguments, resolved: str, split: str, plan: "_SplitPlan", labels: dict[str, np.ndarray]
+               ) -> Path:
+    """The cache file of a plan's streamed rows: named by the dataset, its columns, the rows, the labels of their
+    split and (a local dataset) its files' sizes and times, so that any change there names another file."""
+    key = {"kind": "streamed rows", "dataset": resolved, "config": args.dataset_config_name,
+           "columns": [args.image_column, args.label_column], "source": plan.source,
+           "rows": hashlib.sha256(plan.rows.astype(np.int64).tobytes()).hexdigest(),
+           "labels": hashlib.sha256(labels[plan.source].tobytes()).hexdigest(), "files": _file_stamps(resolved)}
+    return _cache_file(_cache_root(args), resolved, split, key).with_suffix(".arrow")
 
 
 def _is_labeled(label: int) -> bool:
@@ -929,11 +937,19 @@ def _rows_at(stream, positions: np.ndarray) -> Iterable[dict]:
 
 
 def _file_stamps(resolved: str) -> list:
-    """(path, bytes, mtime ns) of a local dataset's files, so a cache of its rows follows their edits; [] for a Hub
-    dataset (its label pass, in the key as well, and its name stand in)."""
+    """What changes when a local dataset does: (path, bytes, mtime ns) of its data files (parquet, arrow, ...) and
+    mtime ns of its folders (an image added or removed); without a stat per image of a large image folder. [] for
+    a Hub dataset (its label pass and its name, in the key too, stand in)."""
     path = Path(resolved)
-    files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.is_file() else []
-    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    if path.is_file():
+        return [(str(path), path.stat().st_size, path.stat().st_mtime_ns)]
+    stamps: list = []
+    for folder, _, names in sorted(os.walk(path)) if path.is_dir() else []:
+        stamps.append((folder, os.stat(folder).st_mtime_ns))
+        for name in sorted(n for n in names if Path(n).suffix.lower() in DATA_FILE_SUFFIXES):
+            stat = os.stat(os.path.join(folder, name))
+            stamps.append((os.path.join(folder, name), stat.st_size, stat.st_mtime_ns))
+    return stamps
 
 
 def _plan_stream_splits(names: list[str], labels: dict[str, np.ndarray], args: DataArguments, seed: int,

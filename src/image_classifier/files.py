@@ -58,12 +58,14 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Move every file of folder `src` into `dst`, each by an atomic rename, then remove `src`."""
+    """Move every file of folder `src` into `dst`, each by an atomic rename, then remove `src`. Each file gets the
+    usual permissions (safetensors writes its weights 0600: unreadable to a Space's or a colleague's user)."""
     src, dst = Path(src), Path(dst)
     for item in sorted(src.rglob("*")):
         if item.is_file():
             target = dst / item.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(item, 0o666 & ~_UMASK)
             os.replace(item, target)
     shutil.rmtree(src, ignore_errors=True)
 
