@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from image_classifier.config import ConfigError, DataArguments, parse_config
-from image_classifier.data import ImageTensors, load_data, open_source
+from image_classifier.data import ImageTensors, load_data, open_source, predicted_view
 from image_classifier.engine import balanced_sampler, build_loader, class_weights
 from image_classifier.images import ImageError, read_image
 from image_classifier.recipes import PHOTO_MODEL, DataTraits
@@ -95,6 +95,15 @@ def test_an_undecodable_photo_is_a_counted_skip_not_a_worker_crash(photo_folder,
         loader = build_loader(data.tensors[split], 64, True, 2)
         labels = torch.cat([labels for _, labels in loader])
     assert len(labels) == len(data.tensors[split]) - 1
+    # The plots pick images by prediction: after the skipped row, prediction k is row k + 1.
+    view = data.eval_view(split)
+    assert predicted_view(view, len(view)) is view
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # warned about once already, by evaluation: not again
+        kept = predicted_view(view, len(view) - 1)
+    assert kept.positions.tolist() == [i for i in range(len(view)) if i != index]
+    k = min(index, len(kept) - 1)            # the first prediction at or past the skipped row
+    assert torch.equal(kept.images_at([k]), view.images_at([k + 1 if k >= index else k]))
     # --strict_images: the same row stops the run with the resident path's message.
     with pytest.raises(ImageError, match=r"Image .*broken\.jpg\) cannot be decoded .*drop --strict_images"):
         strict = load_data(streaming_args(folder, tmp_path / "cache", strict_images=True), seed=0)

@@ -54,6 +54,8 @@ __all__ = [
     "ImageData",
     "ImageTensors",
     "decoded_images",
+    "predicted_view",
+    "PredictedView",
     "build_image_processor",
 ]
 
@@ -138,6 +140,34 @@ class ImageData:
     def eval_view(self, split: str):
         """The split as evaluation sees it (no random transforms): for plots, examples and statistics."""
         return self.eval_views.get(split, self.tensors[split])
+
+
+class PredictedView:
+    """The images of an evaluation view in the order of its predictions, which leave out the undecodable ones
+    (engine.predict): `images_at(i)` is the image of prediction i, not of row i."""
+
+    def __init__(self, view, positions: np.ndarray):
+        self.view, self.positions = view, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def images_at(self, index) -> torch.Tensor:
+        return self.view.images_at(self.positions[np.asarray(index, dtype=np.int64)])
+
+
+def predicted_view(view, num_predictions: int):
+    """`view` itself when every row was predicted; else a PredictedView over its decodable rows (found by decoding
+    each row again: only a split with an undecodable image pays for it), so the plots of the top losses and the
+    Grad-CAM grid show the image each prediction was made on."""
+    if num_predictions == len(view):
+        return view
+    with warnings.catch_warnings():          # each was warned about when evaluation skipped it
+        warnings.simplefilter("ignore", CorruptImageWarning)
+        positions = np.array([i for i in range(len(view)) if view[i][1] >= 0], dtype=np.int64)
+    if len(positions) != num_predictions:
+        raise ValueError(f"{num_predictions} predictions for {len(positions)} decodable images of {len(view)}")
+    return PredictedView(view, positions)
 
 
 def decoded_images(view, count: Optional[int] = None) -> tuple[torch.Tensor, np.ndarray]:

@@ -128,13 +128,14 @@ def write_evaluation(run: SavedRun, results: dict[str, Any], logits: np.ndarray,
                      out: Path) -> None:
     """OUT/metrics.json, OUT/plots/confusion_matrix.png and OUT/plots/top_losses.png (atomic writes)."""
     from . import interpretation, metrics, model_folder, plots
+    from .data import predicted_view
     from .files import write_json
 
     prefix = PREFIXES[results["split"]]
     write_json(out / model_folder.METRICS, results)
     plots.plot_confusion_matrix(np.asarray(results[f"{prefix}_confusion_matrix"]), run.class_names,
                                 model_folder.plot_file(out, "confusion_matrix"))
-    view = run.data.eval_view(results["split"])
+    view = predicted_view(run.data.eval_view(results["split"]), len(labels))
     interpretation.write_top_losses(run.model, run.normalize, view, labels, metrics.softmax(logits),
                                     run.class_names, model_folder.plot_file(out, "top_losses"))
 

@@ -352,7 +352,7 @@ def save_model_folder(model: torch.nn.Module, normalize: Normalize, data: "data_
             processor.save_pretrained(tmp)
 
     logits, labels = test_predictions
-    test_view, probs = data.eval_view("test"), metrics.softmax(logits)
+    test_view, probs = data_stage.predicted_view(data.eval_view("test"), len(labels)), metrics.softmax(logits)
     plot = model_folder.plot_file
     optional = [   # (path in the folder, its writer); the card last, as it is filled from the files before it
         (plot(".", "learning_curves"), lambda path: plots.plot_learning_curves(
