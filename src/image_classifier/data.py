@@ -901,8 +901,8 @@ def _read_rows(streams: dict, plans: dict[str, "_SplitPlan"], pick: Callable[[di
     held = 0
     for source in {p.source for p in plans.values()}:
         mine = {s: set(p.rows.tolist()) for s, p in plans.items() if p.source == source}
-        last = max((int(p.rows.max()) for p in plans.values() if p.source == source and len(p.rows)), default=-1)
-        for position, row in enumerate(streams[source].take(last + 1)):
+        wanted = np.concatenate([p.rows for p in plans.values() if p.source == source])
+        for position, row in _rows_at(streams[source], wanted):
             for s, rows in mine.items():
                 if position in rows:
                     out[s].append(pick(row))
@@ -920,7 +920,8 @@ def _hold_rows(streams: dict, plans: dict[str, "_SplitPlan"], features, args: Da
     the same data, rows and files, read that one file (and nothing of the stream)."""
     import datasets
 
-    files = {split: _rows_file(args, resolved, split, plan, labels) for split, plan in plans.items()}
+    stamps = _file_stamps(resolved)            # one walk of a local dataset's folders, for every split's key
+    files = {split: _rows_file(args, resolved, split, plan, labels, stamps) for split, plan in plans.items()}
     if not all(path.is_file() for path in files.values()):
         rows = _read_rows(streams, plans, max_bytes=STREAM_ROWS_IN_MEMORY_MB * 2**20)
         if rows is not None:
@@ -930,7 +931,7 @@ def _hold_rows(streams: dict, plans: dict[str, "_SplitPlan"], features, args: Da
         for split, path in files.items():
             if not path.is_file():
                 with atomic_path(path) as tmp, ArrowWriter(features=features, path=str(tmp)) as writer:
-                    for row in _rows_at(streams[plans[split].source], plans[split].rows):   # one row at a time
+                    for _, row in _rows_at(streams[plans[split].source], plans[split].rows):   # one at a time
                         writer.write(row)
                     writer.finalize()
     held = {split: datasets.Dataset.from_file(str(path)) for split, path in files.items()}
@@ -942,14 +943,14 @@ def _hold_rows(streams: dict, plans: dict[str, "_SplitPlan"], features, args: Da
     return datasets.DatasetDict(held)
 
 
-def _rows_file(args: DataArguments, resolved: str, split: str, plan: "_SplitPlan", labels: dict[str, np.ndarray]
-               ) -> Path:
+def _rows_file(args: DataArguments, resolved: str, split: str, plan: "_SplitPlan", labels: dict[str, np.ndarray],
+               stamps: list) -> Path:
     """The cache file of a plan's streamed rows: named by the dataset, its columns, the rows, the labels of their
-    split and (a local dataset) its files' sizes and times, so that any change there names another file."""
+    split and (a local dataset) its files' `_file_stamps`, so that any change there names another file."""
     key = {"kind": "streamed rows", "dataset": resolved, "config": args.dataset_config_name,
            "columns": [args.image_column, args.label_column], "source": plan.source,
            "rows": hashlib.sha256(plan.rows.astype(np.int64).tobytes()).hexdigest(),
-           "labels": hashlib.sha256(labels[plan.source].tobytes()).hexdigest(), "files": _file_stamps(resolved)}
+           "labels": hashlib.sha256(labels[plan.source].tobytes()).hexdigest(), "files": stamps}
     return _cache_file(_cache_root(args), resolved, split, key).with_suffix(".arrow")
 
 
@@ -958,12 +959,13 @@ def _is_labeled(label: int) -> bool:
     return label >= 0
 
 
-def _rows_at(stream, positions: np.ndarray) -> Iterable[dict]:
-    """The rows at these positions of a stream, in stream order, in one pass that stops after the last."""
+def _rows_at(stream, positions: np.ndarray) -> Iterable[tuple[int, dict]]:
+    """(position, row) of the rows at these positions of a stream, in stream order, in one pass that stops after
+    the last."""
     wanted, last = set(positions.tolist()), int(positions.max()) if len(positions) else -1
     for position, row in enumerate(stream.take(last + 1)):
         if position in wanted:
-            yield row
+            yield position, row
 
 
 def _file_stamps(resolved: str) -> list:
