@@ -115,7 +115,7 @@ def run_seed(seed: int, args) -> dict:
             print(budget.describe_plan(plan))
             set_seed(seed)
         model, normalize = build_model(config, data)
-        result = train_model(model, normalize, data, train, data.tensors["test"], config, accelerator)
+        result = train_model(model, normalize, data, train, data.tensors["test"], config, accelerator, plan=plan)
         history = result.state.history
         # Before the bare model's timing below, whose optimizer steps on random tensors change the weights.
         final_float32 = float32_accuracy(result, accelerator, data, normalize, config)
@@ -141,6 +141,7 @@ def run_seed(seed: int, args) -> dict:
                 "train_seconds": result.state.train_seconds,
                 "time_budget_seconds": plan and plan.budget_seconds,
                 "planned_train_seconds": plan and plan.predicted_seconds, "plan": plan and budget.describe_plan(plan),
+                "replanned_train_seconds": plan and plan.replanned_seconds, "replans": plan.replans if plan else [],
                 "efficiency_after_epoch_1": _bare_seconds(history[1:], bare) / later_seconds
                 if len(history) > 1 and later_seconds > 0 else None,
                 **{f"seconds_to_{round(t * 100)}": seconds_to(history, t) for t in THRESHOLDS}}
@@ -201,10 +202,16 @@ def main() -> None:
         sizes = ", ".join(f"{side}x{side}: {b['images_per_second']:.0f} over {b['steps']} steps, {b['seconds']:.1f} s"
                           for side, b in r["bare_by_size"].items())
         if r["plan"]:
-            print(f"  time budget {r['time_budget_seconds']:g} s: planned {r['planned_train_seconds']:.1f} s of "
-                  f"training, trained {r['train_seconds']:.1f} s (actual / planned "
+            for line in r["replans"]:
+                print(f"  {line}")
+            print(f"  time budget {r['time_budget_seconds']:g} s: planned at the start {r['planned_train_seconds']:.1f} s "
+                  f"of training, trained {r['train_seconds']:.1f} s (actual / planned "
                   f"{r['train_seconds'] / r['planned_train_seconds']:.3f}; the budget also paid "
-                  f"{r['time_budget_seconds'] - r['planned_train_seconds']:.1f} s of timing and margin)")
+                  f"{r['time_budget_seconds'] - r['train_seconds']:.1f} s of timing and margin)")
+            if r["replanned_train_seconds"]:
+                print(f"  the last re-plan, after epoch {len(r['history']) - 1}, predicted "
+                      f"{r['replanned_train_seconds']:.1f} s (actual / predicted "
+                      f"{r['train_seconds'] / r['replanned_train_seconds']:.3f})")
         print(f"  final accuracy {r['final_accuracy']:.4f} ({r['mixed_precision']}; float32: "
               f"{r['final_accuracy_float32']:.4f}); loop {r['images_per_second']:.0f} images/s; bare model "
               f"{r['bare_images_per_second']:.0f} images/s ({sizes}); efficiency {r['efficiency']:.3f} "
@@ -225,6 +232,7 @@ def main() -> None:
                    train_seconds=round(_mean(r["train_seconds"] for r in runs), 1),
                    time_budget_seconds=runs[0]["time_budget_seconds"],
                    planned_train_seconds=_round(_mean(r["planned_train_seconds"] for r in runs)),
+                   replanned_train_seconds=_round(_mean(r["replanned_train_seconds"] for r in runs)),
                    epochs=_mean(len(r["history"]) for r in runs),
                    efficiency_after_epoch_1=_round(_mean(r["efficiency_after_epoch_1"] for r in runs), 3),
                    device=runs[0]["device"], seeds=args.seeds, first_seed=args.first_seed,

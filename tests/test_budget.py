@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from image_classifier import budget
 from image_classifier.config import ConfigError, parse_config, parse_duration
-from image_classifier.recipes import BUDGET_TIERS, optimizer_defaults, plan_epochs
+from image_classifier.recipes import BUDGET_TIERS, optimizer_defaults, plan_epochs, replan_epochs
 from image_classifier.runner import run
 from test_engine import tiny_args
 
@@ -197,3 +197,59 @@ def test_two_processes_share_one_plan(tiny_image_folder, tmp_path):
     assert metrics["num_processes"] == 2
     assert len(json.loads((out / "history.json").read_text())) == training["num_train_epochs"] >= 1
     assert (done.stdout + done.stderr).count("Time budget 10 s:") == 1       # printed by the main process only
+
+
+def test_a_re_plan_ahead_of_the_small_epochs_plans_the_whole_run_again():
+    # 1 small epoch done, 300 s left; counted as small (20 s), plan_epochs has 320 s: 10 epochs with 4 small
+    # (4 x 20 + 6 x 40 = 320 s); 11 with 5 small would be 340 s
+    assert replan_epochs(300, done=1, resized=4, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11),
+                         max_epochs=99) == (10, 4)
+
+
+def test_a_re_plan_after_the_small_epochs_sets_how_many_full_ones_fit():
+    assert replan_epochs(130, done=6, resized=4, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11),
+                         max_epochs=99) == (9, 4)           # 3 more of 40 s fit in 130
+    assert replan_epochs(1000, 6, 4, 40, 20, (5, 11), max_epochs=12) == (12, 4)     # no more than the most
+    assert replan_epochs(-5, 6, 4, 40, 20, (5, 11), max_epochs=12) == (6, 4)        # over already: it ends now
+
+
+def test_a_re_plan_keeps_the_small_epochs_already_trained():
+    # 3 of 4 small epochs done and 50 s left: one small and one full (60 s) do not fit, so the run ends now; the
+    # epochs done stay counted as small
+    assert replan_epochs(50, done=3, resized=4, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11),
+                         max_epochs=99) == (3, 3)
+
+
+def test_a_run_whose_start_timing_read_slow_trains_the_epochs_its_own_seconds_fit(tiny_image_folder, tmp_path,
+                                                                                  monkeypatch, capsys):
+    # The start-of-run timing is replaced by one 20-50x too slow (3 s an epoch): the 10 s budget then fits 3 epochs.
+    # After epoch 1 the loop's own seconds (well under a second) fit the most a plan trains, 11 (1x the recipe's):
+    # the run trains them, its linear schedule stretched to 11 epochs' steps from where it was, and a resume from the
+    # checkpoint after epoch 1 (taken after the re-plan) ends with the same weights.
+    monkeypatch.setattr(budget, "_measure_tier", lambda config, *a: ({16: 1.0}, 3.0, 3.0, 16))
+    monkeypatch.setattr(budget, "BUDGET_MAX_EPOCHS", 1)
+    out = tmp_path / "replanned"
+    run(parse_config(budget_args(tiny_image_folder, out, "--progressive_resize_epochs", "0")))
+    printed = capsys.readouterr().out
+    assert "3 epochs fit: all at 16x16" in printed
+    assert re.search(r"Re-planned after epoch 1: its epochs took \d+\.\d s at 16x16 .*; 11 epochs fit, not 3, "
+                     r"ending at about \d+ s", printed)
+    training = json.loads((out / "training_config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    steps = len(history[0]["learning_rates"])           # optimizer steps per epoch
+    assert len(history) == training["num_train_epochs"] == 11 and metrics["global_steps"] == 11 * steps
+    assert "3 epochs fit" in metrics["time_budget_plan"] and len(metrics["time_budget_replans"]) == 1
+    assert metrics["planned_train_seconds"] == 9.0 and 0 < metrics["replanned_train_seconds"] < 10
+    peak = history[0]["learning_rates"][0]
+    lrs = [lr for h in history for lr in h["learning_rates"]]
+    assert lrs[:steps] == pytest.approx([peak * (3 * steps - k) / (3 * steps) for k in range(steps)])   # 3 epochs'
+    assert lrs[steps:] == pytest.approx([peak * (11 * steps - k) / (11 * steps) for k in range(steps, 11 * steps)])
+    resumed = tmp_path / "resumed"
+    first = sorted((out / "checkpoints").glob("step_*"))[0]
+    shutil.copytree(first, resumed / "checkpoints" / first.name)
+    shutil.copy(out / "training_config.json", resumed / "training_config.json")
+    run(parse_config(budget_args(tiny_image_folder, resumed, "--progressive_resize_epochs", "0",
+                                 "--resume_from_checkpoint", "latest")))
+    expected, got = load_file(out / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all((expected[k] == got[k]).all() for k in expected)

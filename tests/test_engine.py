@@ -441,3 +441,37 @@ def test_an_unknown_or_missing_tracker_names_the_fix():
     with pytest.raises(ConfigError, match="aim is not installed: pip install aim"):
         parse_config(["--report_to", "tensorboard,aim"])
     assert parse_config(["--report_to", "all"]).train.report_to.startswith("tensorboard")
+
+
+@pytest.mark.parametrize("kind, warmup", [("linear", 0.0), ("cosine", 0.1), ("triangle", 0.2), ("constant", 0.0)])
+def test_a_retargeted_schedule_continues_as_one_built_for_its_new_length(kind, warmup):
+    from image_classifier.engine import build_scheduler, retarget_scheduler
+
+    args = parse_config(["--lr_scheduler_type", kind, "--warmup_ratio", str(warmup), "--learning_rate", "2.0"]).train
+
+    def stepped(total: int, steps: int):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        scheduler = build_scheduler(optimizer, args, total_steps=total)
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+        return optimizer, scheduler
+
+    optimizer, scheduler = stepped(100, 30)
+    retarget_scheduler(scheduler, args, 150)
+    fresh_optimizer, fresh = stepped(150, 30)
+    for _ in range(120):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(fresh_optimizer.param_groups[0]["lr"])
+        assert scheduler.get_last_lr() == pytest.approx(fresh.get_last_lr())
+        for o, s in ((optimizer, scheduler), (fresh_optimizer, fresh)):
+            o.step()
+            s.step()
+
+
+def test_a_one_cycle_schedule_says_it_cannot_change_length():
+    from image_classifier.engine import build_scheduler, retarget_scheduler
+
+    args = parse_config(["--lr_scheduler_type", "onecycle"]).train
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    with pytest.raises(ValueError, match="onecycle schedule cannot change its length"):
+        retarget_scheduler(build_scheduler(optimizer, args, 100), args, 150)

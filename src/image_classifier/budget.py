@@ -9,6 +9,7 @@ metrics.json say what the budget bought, and the same flags spelled out give the
 
 measure_training_rate  images/s of one model's training step at one image side, all processes together
 plan_time_budget       measure, choose, set the flags; returns the Plan
+replan                 after each epoch, the rest of the plan again from the loop's own seconds per epoch
 check_default_speed    without a budget, on a CPU training in float32: the line that says when the default would
                        take past recipes.SLOW_DEFAULT_SECONDS, and what a budget would do
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -26,13 +28,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from . import model_folder, optim
+from . import engine, model_folder, optim
 from .config import Config, ConfigError, TrainingArguments
 from .engine import progressive_size
-from .recipes import BUDGET_MAX_EPOCHS, BUDGET_TIERS, PLAN_EFFICIENCY, RECIPES, SLOW_DEFAULT_SECONDS, plan_epochs
+from .recipes import (BUDGET_MAX_EPOCHS, BUDGET_TIERS, PLAN_EFFICIENCY, RECIPES, REPLAN_FREELY_UNTIL,
+                      REPLAN_MARGIN, REPLAN_RECENT_EPOCHS, SLOW_DEFAULT_SECONDS, plan_epochs, replan_epochs)
 
 __all__ = ["Plan", "time_steps", "synchronize", "time_training_step", "measure_training_rate", "plan_time_budget",
-           "resume_plan", "check_default_speed",
+           "replan", "resume_plan", "check_default_speed",
            "describe_plan", "describe_duration", "PLANNED_FLAGS"]
 
 # The flags a plan may set; a resumed run reads them back from its training_config.json.
@@ -57,16 +60,24 @@ class Plan:
     max_epochs: int                 # the most a plan trains (recipes.BUDGET_MAX_EPOCHS)
     flags: dict[str, Any] = field(default_factory=dict)     # what the plan set
     passed_over: list[str] = field(default_factory=list)    # why the more accurate tiers were not taken
+    resize_share: tuple[int, int] = (0, 1)      # (small, every): the recipe's share of epochs at `small_side`
+    stretch_to: int = 0                         # the recipe's own epochs (recipes.plan_epochs)
+    # After each epoch (`replan`): the predicted end of training as then planned, and a line per change of plan.
+    replanned_seconds: Optional[float] = None
+    replans: list[str] = field(default_factory=list)
 
     @property
     def predicted_seconds(self) -> float:
-        """Training seconds of the whole plan, as history.json counts them."""
+        """Training seconds of the whole plan made at the start, as history.json counts them."""
         return self.resized_epochs * self.small_epoch_seconds + (self.epochs - self.resized_epochs) * self.epoch_seconds
 
     def to_metrics(self) -> dict[str, Any]:
-        """The metrics.json keys that record the budget and its plan."""
-        return {"time_budget_seconds": self.budget_seconds, "planned_train_seconds": round(self.predicted_seconds, 1),
-                "time_budget_plan": describe_plan(self)}
+        """The metrics.json keys that record the budget, its plan at the start and the re-plans after."""
+        found = {"time_budget_seconds": self.budget_seconds, "planned_train_seconds": round(self.predicted_seconds, 1),
+                 "time_budget_plan": describe_plan(self)}
+        if self.replanned_seconds is not None:
+            found.update(replanned_train_seconds=round(self.replanned_seconds, 1), time_budget_replans=self.replans)
+        return found
 
 
 def time_steps(step: Callable[[], None], device: torch.device, images_per_step: int, steps: int,
@@ -200,7 +211,62 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
                 side=shape[1], small_side=small, epoch_seconds=epoch_seconds, small_epoch_seconds=small_seconds,
                 images_per_second=rates, measure_seconds=time.perf_counter() - started,
                 max_epochs=_max_epochs(config), flags=values,
-                passed_over=passed_over)
+                passed_over=passed_over, resize_share=share, stretch_to=_recipe_epochs(config))
+
+
+def replan(plan: Plan, config: Config, loop: "engine.Loop") -> Optional[str]:
+    """After an epoch of a budgeted run: plan the rest again from the loop's own seconds per epoch at each image
+    side (the mean of its recent ones; a side not yet trained keeps the start-of-run timing), keeping
+    REPLAN_MARGIN of the budget in hand, and where the epochs that fit changed, set them (`Config.apply_plan`)
+    and give the schedule its new length (`engine.reschedule`). Returns the line that says so, else None.
+
+    The timing at the start is of a bare copy on random tensors, before the host settles: the loop itself runs
+    up to 10 % faster or 5 % slower. Past REPLAN_FREELY_UNTIL of the epochs only an epoch that would end past
+    the budget is dropped. A schedule outside RETARGETABLE_SCHEDULES (one-cycle, plateau) keeps its plan.
+    """
+    state, args = loop.state, config.train
+    done, planned, resized = state.epoch, loop.num_epochs, args.progressive_resize_epochs
+    if done >= planned or args.lr_scheduler_type not in engine.RETARGETABLE_SCHEDULES:
+        return None
+    seconds = _recent_epoch_seconds(state.history)
+    full, small = seconds.get(plan.side, plan.epoch_seconds), seconds.get(plan.small_side, plan.small_epoch_seconds)
+    left = plan.budget_seconds * (1 - REPLAN_MARGIN) - plan.measure_seconds - state.train_seconds
+    epochs, resized_now = replan_epochs(left, done, resized, full, small, plan.resize_share, plan.max_epochs,
+                                        plan.stretch_to)
+    if done > REPLAN_FREELY_UNTIL * planned:
+        epochs = min(epochs, planned)
+    end = state.train_seconds + max(0, resized_now - done) * small + max(0, epochs - max(resized_now, done)) * full
+    # Each process clocked its own epochs: the main process's plan is everyone's.
+    epochs, resized_now, end = broadcast_object_list([(epochs, resized_now, end)])[0]
+    plan.replanned_seconds = end
+    if (epochs, resized_now) == (planned, resized):
+        return None
+    config.apply_plan({"num_train_epochs": float(epochs),
+                       **({"progressive_resize_epochs": resized_now} if "progressive_resize_epochs" in plan.flags
+                          else {})})
+    engine.reschedule(loop, args)
+    plan.replans.append(_describe_replan(plan, done, seconds, (epochs, resized_now), (planned, resized), end))
+    return plan.replans[-1]
+
+
+def _describe_replan(plan: Plan, done: int, seconds: dict[int, float], now: tuple[int, int],
+                     before: tuple[int, int], end: float) -> str:
+    """'Re-planned after epoch 10: its epochs took ...; 21 epochs fit (10 at 24x24), not 20 (9 at 24x24), ...'."""
+    def at_small(resized: int) -> str:
+        return f" ({resized} at {plan.small_side}x{plan.small_side})" if plan.small_side != plan.side else ""
+    measured = " and ".join(f"{seconds[side]:.1f} s at {side}x{side}" for side in sorted(seconds))
+    return (f"Re-planned after epoch {done}: its epochs took {measured} (the mean of the last "
+            f"{REPLAN_RECENT_EPOCHS} at each size); {now[0]} epochs fit{at_small(now[1])}, not "
+            f"{before[0]}{at_small(before[1])}, ending at about {describe_duration(end)} of training")
+
+
+def _recent_epoch_seconds(history: list[dict[str, Any]]) -> dict[int, float]:
+    """Per image side trained at: the mean training seconds of its last REPLAN_RECENT_EPOCHS epochs."""
+    ends = [h["seconds"] for h in history]      # cumulative training seconds after each epoch
+    by_side: dict[int, list[float]] = {}
+    for record, begun, ended in zip(history, [0.0, *ends], ends):
+        by_side.setdefault(record["train_image_size"], []).append(ended - begun)
+    return {side: statistics.fmean(spans[-REPLAN_RECENT_EPOCHS:]) for side, spans in by_side.items()}
 
 
 def resume_plan(config: Config) -> str:

@@ -7,6 +7,7 @@ and never checks ranks except to decide who prints or writes. Batches arrive as 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -15,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -149,7 +150,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, t
     if args.lr_scheduler_type == "linear":
         return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
     if args.lr_scheduler_type == "triangle":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _triangle(step, warmup, total_steps))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(_triangle, num_warmup_steps=warmup, num_training_steps=total_steps))
     if args.lr_scheduler_type == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     if args.lr_scheduler_type == "onecycle":
@@ -163,11 +165,34 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, t
         threshold=args.early_stopping_threshold, threshold_mode="abs")
 
 
-def _triangle(step: int, warmup: int, total: int, start: float = 0.2, end: float = 0.07) -> float:
-    """Learning-rate factor: linear from `start` to 1 over `warmup` steps, then linear to `end` at `total`."""
+def _triangle(step: int, num_warmup_steps: int, num_training_steps: int, start: float = 0.2, end: float = 0.07
+              ) -> float:
+    """Learning-rate factor: linear from `start` to 1 over the warm-up steps, then linear to `end` at the last
+    step (keywords named as transformers' schedules name them, so `retarget_scheduler` treats them alike)."""
+    warmup, total = num_warmup_steps, num_training_steps
     if step < warmup:
         return start + (1 - start) * step / warmup
     return 1 + (end - 1) * min(step - warmup, total - warmup) / max(total - warmup, 1)
+
+
+RETARGETABLE_SCHEDULES = ("constant", "linear", "triangle", "cosine")   # LambdaLR: their length can change mid-run
+
+
+def retarget_scheduler(scheduler, args: TrainingArguments, total_steps: int) -> None:
+    """Give a running schedule of RETARGETABLE_SCHEDULES a new length in place, at the step it has reached (the
+    object stays the one registered for checkpointing): from now on each step's rate is what a schedule built for
+    `total_steps` gives there. The rate factors are transformers' partials (and `_triangle`'s), whose step counts
+    are keywords; a resumed run builds its schedule from the config's epochs, so the caller saves those too."""
+    if args.lr_scheduler_type not in RETARGETABLE_SCHEDULES:
+        raise ValueError(f"a {args.lr_scheduler_type} schedule cannot change its length mid-run")
+    if args.lr_scheduler_type == "constant":
+        return
+    steps = dict(num_warmup_steps=int(args.warmup_ratio * total_steps), num_training_steps=total_steps)
+    scheduler.lr_lambdas = [functools.partial(f.func, *f.args, **{**f.keywords, **steps})
+                            for f in scheduler.lr_lambdas]
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]     # what get_last_lr() reads
 
 
 class Lookahead:
@@ -181,10 +206,14 @@ class Lookahead:
 
     def __init__(self, model: torch.nn.Module, total_steps: int, start: float = 0.3, every: int = 5,
                  base: float = 0.95, power: float = 3.0):
-        self.model, self.total_steps, self.every = model, total_steps, every
-        self.start_step = int(start * total_steps)
+        self.model, self.every, self.start = model, every, start
         self.base, self.power = base, power
         self.average: Optional[dict[str, torch.Tensor]] = None
+        self.set_total_steps(total_steps)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """The run's length in optimizer steps (a --time_budget re-plan may change it mid-run)."""
+        self.total_steps, self.start_step = total_steps, int(self.start * total_steps)
 
     def _floats(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
@@ -629,6 +658,8 @@ class Loop:
     class_weights: Optional[torch.Tensor] = None     # (K,) loss weight per class (--class_balance loss)
     lookahead: Optional[Lookahead] = None
     epoch_start: list[Callable[[int], None]] = field(default_factory=list)    # hook(epoch, 0-based)
+    # hook(loop) after an epoch's record, before its checkpoint: what changes the rest of the run (a re-plan)
+    epoch_end: list[Callable[["Loop"], None]] = field(default_factory=list)
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -650,16 +681,17 @@ class Loop:
 
 def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix, config: Config,
         accelerator: Accelerator, evaluate_fn: Callable[[np.ndarray, np.ndarray], dict[str, float]],
-        stop: Optional[StopOnSignal] = None) -> FitResult:
+        stop: Optional[StopOnSignal] = None, epoch_end: Sequence[Callable[[Loop], None]] = ()) -> FitResult:
     """Train with early stopping and per-epoch checkpoints; return the state and the best model.
 
     `evaluate_fn(logits, labels)` turns validation predictions into metrics with `accuracy`, `f1`, `loss`.
     With `stop` entered (see `StopOnSignal`), SIGINT/SIGTERM save a checkpoint at the next optimizer
-    step and raise `TrainingInterrupted`.
+    step and raise `TrainingInterrupted`. `epoch_end` hooks run after each epoch's record (`Loop.epoch_end`).
     """
     args = config.train
     loop = setup(model, train_set, eval_set, augment=augment, normalize=normalize, config=config,
                  accelerator=accelerator)
+    loop.epoch_end.extend(epoch_end)
     state = loop.state
     while state.epoch < loop.num_epochs and state.global_step < loop.max_steps and not _should_stop(state, args):
         loader = _epoch_loader(loop, accelerator, args.seed)
@@ -685,6 +717,8 @@ def fit(model, train_set: Dataset, eval_set: Dataset, *, augment, normalize, mix
                   "data_wait_seconds": round(sums["data_wait_seconds"] / accelerator.num_processes, 2)}
         logits, labels = predict(loop.evaluated, loop.eval_loader, normalize, accelerator, loop.epoch_tta)
         record_epoch(loop, record, evaluate_fn(logits, labels), args, accelerator)
+        for hook in loop.epoch_end:
+            hook(loop)
         checkpoint = save_checkpoint(accelerator, args.output_dir, state, args.save_total_limit)
         if stop and stop.requested(accelerator):   # signalled during evaluation or the save: resume from this one
             raise TrainingInterrupted(stop.agreed, checkpoint)
@@ -760,6 +794,15 @@ def _schedule_length(args: TrainingArguments, batches_per_epoch: int) -> tuple[i
     if args.max_train_steps:
         return math.ceil(args.max_train_steps / steps_per_epoch), args.max_train_steps
     return math.ceil(args.num_train_epochs), math.ceil(args.num_train_epochs * steps_per_epoch)
+
+
+def reschedule(loop: Loop, args: TrainingArguments) -> None:
+    """Set the rest of the run to --num_train_epochs as it now stands (a --time_budget re-plan): the epochs, the
+    optimizer steps, the learning-rate schedule's and the weight average's length, in place."""
+    loop.num_epochs, loop.max_steps = _schedule_length(args, len(loop.train_loader))
+    retarget_scheduler(loop.scheduler, args, loop.max_steps)
+    if loop.lookahead is not None:
+        loop.lookahead.set_total_steps(loop.max_steps)
 
 
 def epoch_start_hooks(loop: Loop, augment, config: Config, accelerator: Accelerator) -> list[Callable[[int], None]]:

@@ -26,7 +26,8 @@ __all__ = ["RECIPES", "OPTIMIZERS", "MODEL_RECIPES", "DEFAULT_MODEL", "RECIPE_FL
            "PHOTO_IMAGE_SIZE", "RESIDENT_MAX_GIB", "DataTraits", "recipe_for", "default_model", "photo_image_size",
            "choose_data_path", "schedule_defaults", "optimizer_defaults", "describe", "LABEL_SMOOTHING", "MODEL_LEARNING_RATES",
            "LABEL_SMOOTHING_DEFAULT", "BUDGET_TIERS", "BUDGET_MAX_EPOCHS", "PLAN_EFFICIENCY", "SLOW_DEFAULT_SECONDS",
-           "BUDGET_MIN_FULL_EPOCHS", "plan_epochs"]
+           "BUDGET_MIN_FULL_EPOCHS", "plan_epochs", "REPLAN_RECENT_EPOCHS", "REPLAN_FREELY_UNTIL", "REPLAN_MARGIN",
+           "replan_epochs"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "airbench": dict(
@@ -221,6 +222,16 @@ SLOW_DEFAULT_SECONDS = 15 * 60  # a default run predicted to train longer than t
 BUDGET_MIN_FULL_EPOCHS = 4  # a plan short of the recipe's epochs trains up to all but these small to fit one more:
                             # 11 epochs with 7 small (4 full) reached 90.15 %, 10 with 5 small 89.70 %, in the same
                             # training seconds (batch 500, seed 0, bench/RESULTS.md, Time budgets)
+REPLAN_RECENT_EPOCHS = 3    # after each epoch a budgeted run plans the rest again from the mean of the last 3
+                            # epochs at each image side (the host's speed drifts 5-10 % between minutes, and the
+                            # start-of-run timing was 5-10 % off either way per side: bench/RESULTS.md, Time
+                            # budgets); the slowest of them cut and restored an epoch on one 10 % slower epoch
+REPLAN_MARGIN = 0.01        # of the budget, kept in hand by a re-plan: an epoch's seconds vary by 2-5 % around the
+                            # mean (1-3 s of a 50-s one), and the last epoch must end within the budget
+REPLAN_FREELY_UNTIL = 0.75  # fraction of the planned epochs: past it a re-plan only drops an epoch that would end
+                            # past the budget (a later change of length moves an already low learning rate by a
+                            # large share of itself: one epoch more after 15 of 20 raises it by 14 %, after 10 by 5 %);
+                            # the first full-size epoch, which corrects the start's timing most, comes at about half
 
 
 def plan_epochs(budget_seconds: float, epoch_seconds: float, small_epoch_seconds: float,
@@ -244,3 +255,23 @@ def plan_epochs(budget_seconds: float, epoch_seconds: float, small_epoch_seconds
             if seconds(epochs, resized) <= budget_seconds:
                 return epochs, resized
     return 0, 0
+
+
+def replan_epochs(left_seconds: float, done: int, resized: int, epoch_seconds: float, small_epoch_seconds: float,
+                  resize_share: tuple[int, int], max_epochs: int, stretch_to: int = 0) -> tuple[int, int]:
+    """(epochs, of which at the reduced size) for a run that has trained `done` epochs of a plan with `resized`
+    small ones and has `left_seconds` of its budget left. While small epochs are still ahead, the whole plan as
+    `plan_epochs` would make it with these seconds (the epochs done counted as small ones); once they are done,
+    as many full-size epochs after them as fit. Never fewer than `done` (then the run ends now)."""
+    def rest(epochs: int, small: int) -> float:
+        return max(0, small - done) * small_epoch_seconds + max(0, epochs - max(small, done)) * epoch_seconds
+
+    if done < resized:
+        epochs, resized = plan_epochs(left_seconds + done * small_epoch_seconds, epoch_seconds, small_epoch_seconds,
+                                      resize_share, max_epochs, stretch_to)
+        resized = max(resized, done)
+        while epochs > done and rest(epochs, resized) > left_seconds:
+            epochs -= 1
+        return max(epochs, done), min(resized, max(epochs, done))
+    return max(done, min(max_epochs, done + int(left_seconds // epoch_seconds))), resized
+

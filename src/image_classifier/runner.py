@@ -111,7 +111,7 @@ def run(config: Config) -> Optional[dict[str, Any]]:
     # SIGINT/SIGTERM during training: checkpoint at the next step, then `TrainingInterrupted` (see interrupt.py).
     with StopOnSignal() as stop:
         result = train_model(model, normalize, data, data.tensors["train"], data.tensors["validation"], config,
-                             accelerator, stop=stop)
+                             accelerator, stop=stop, plan=plan)
     model = engine.plain_model(accelerator, result.model)
     results, test_predictions = evaluate_model(model, normalize, data, result, config, accelerator)
     if config.train.time_budget is not None:
@@ -318,14 +318,29 @@ def _free_memory(accelerator: Accelerator) -> int:
 
 def train_model(model: torch.nn.Module, normalize: Normalize, data: "data_stage.ImageData",
                 train: "data_stage.ImageTensors", heldout: "data_stage.ImageTensors", config: Config,
-                accelerator: Accelerator, stop: Optional[StopOnSignal] = None) -> "engine.FitResult":
-    """`engine.fit` with this data's augmentation and metrics, scoring `heldout` after every epoch."""
+                accelerator: Accelerator, stop: Optional[StopOnSignal] = None,
+                plan: Optional[budget.Plan] = None) -> "engine.FitResult":
+    """`engine.fit` with this data's augmentation and metrics, scoring `heldout` after every epoch; with a
+    --time_budget `plan`, planning the rest again after each epoch."""
     def evaluate_fn(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         return metrics.compute_metrics(logits, labels, data.class_names)
 
     return engine.fit(model, train, heldout, augment=build_augment(config, data, normalize), normalize=normalize,
                       mix=build_batch_mix(config.data, len(data.class_names)), config=config,
-                      accelerator=accelerator, evaluate_fn=evaluate_fn, stop=stop)
+                      accelerator=accelerator, evaluate_fn=evaluate_fn, stop=stop,
+                      epoch_end=[] if plan is None else [replan_hook(plan, config, accelerator)])
+
+
+def replan_hook(plan: budget.Plan, config: Config, accelerator: Accelerator) -> Callable[["engine.Loop"], None]:
+    """The epoch-end hook of a --time_budget run: `budget.replan`; a changed plan is printed and saved in
+    training_config.json, where a resumed run reads it back (budget.resume_plan)."""
+    def replan(loop: "engine.Loop") -> None:
+        line = budget.replan(plan, config, loop)
+        if line:
+            accelerator.print(line)
+            if accelerator.is_main_process:
+                save_config(config, Path(config.train.output_dir) / model_folder.TRAINING_CONFIG)
+    return replan
 
 
 def build_augment(config: Config, data: "data_stage.ImageData", normalize: Normalize) -> BatchAugment:
