@@ -202,22 +202,31 @@ def test_two_processes_share_one_plan(tiny_image_folder, tmp_path):
 def test_a_re_plan_ahead_of_the_small_epochs_plans_the_whole_run_again():
     # 1 small epoch done, 300 s left; counted as small (20 s), plan_epochs has 320 s: 10 epochs with 4 small
     # (4 x 20 + 6 x 40 = 320 s); 11 with 5 small would be 340 s
-    assert replan_epochs(300, done=1, resized=4, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11),
-                         max_epochs=99) == (10, 4)
+    assert replan_epochs(300, done=1, planned=9, resized=4, epoch_seconds=40, small_epoch_seconds=20,
+                         resize_share=(5, 11), max_epochs=99) == (10, 4)
+
+
+def test_a_re_plan_that_keeps_the_epochs_keeps_their_split_where_it_fits():
+    # As above with 10 epochs planned, 5 of them small: 4 x 20 + 5 x 40 = 280 s fit in 300, so the split stays
+    # (plan_epochs alone would now take 4 small); where it no longer fits (270 s left), the new split
+    assert replan_epochs(300, 1, planned=10, resized=5, epoch_seconds=40, small_epoch_seconds=20,
+                         resize_share=(5, 11), max_epochs=99) == (10, 5)
+    assert replan_epochs(270, 1, planned=10, resized=5, epoch_seconds=40, small_epoch_seconds=20,
+                         resize_share=(5, 11), max_epochs=99) == (9, 4)
 
 
 def test_a_re_plan_after_the_small_epochs_sets_how_many_full_ones_fit():
-    assert replan_epochs(130, done=6, resized=4, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11),
-                         max_epochs=99) == (9, 4)           # 3 more of 40 s fit in 130
-    assert replan_epochs(1000, 6, 4, 40, 20, (5, 11), max_epochs=12) == (12, 4)     # no more than the most
-    assert replan_epochs(-5, 6, 4, 40, 20, (5, 11), max_epochs=12) == (6, 4)        # over already: it ends now
+    assert replan_epochs(130, done=6, planned=8, resized=4, epoch_seconds=40, small_epoch_seconds=20,
+                         resize_share=(5, 11), max_epochs=99) == (9, 4)           # 3 more of 40 s fit in 130
+    assert replan_epochs(1000, 6, 8, 4, 40, 20, (5, 11), max_epochs=12) == (12, 4)     # no more than the most
+    assert replan_epochs(-5, 6, 8, 4, 40, 20, (5, 11), max_epochs=12) == (6, 4)        # over already: it ends now
 
 
 def test_a_re_plan_keeps_the_small_epochs_already_trained():
     # 3 of 4 small epochs done and 50 s left: one small and one full (60 s) do not fit, so the run ends now; the
     # epochs done stay counted as small
-    assert replan_epochs(50, done=3, resized=4, epoch_seconds=40, small_epoch_seconds=20, resize_share=(5, 11),
-                         max_epochs=99) == (3, 3)
+    assert replan_epochs(50, done=3, planned=5, resized=4, epoch_seconds=40, small_epoch_seconds=20,
+                         resize_share=(5, 11), max_epochs=99) == (3, 3)
 
 
 def test_a_run_whose_start_timing_read_slow_trains_the_epochs_its_own_seconds_fit(tiny_image_folder, tmp_path,

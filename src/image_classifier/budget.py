@@ -231,8 +231,8 @@ def replan(plan: Plan, config: Config, loop: "engine.Loop") -> Optional[str]:
     seconds = _recent_epoch_seconds(state.history)
     full, small = seconds.get(plan.side, plan.epoch_seconds), seconds.get(plan.small_side, plan.small_epoch_seconds)
     left = plan.budget_seconds * (1 - REPLAN_MARGIN) - plan.measure_seconds - state.train_seconds
-    epochs, resized_now = replan_epochs(left, done, resized, full, small, plan.resize_share, plan.max_epochs,
-                                        plan.stretch_to)
+    epochs, resized_now = replan_epochs(left, done, planned, resized, full, small, plan.resize_share,
+                                        plan.max_epochs, plan.stretch_to)
     if done > REPLAN_FREELY_UNTIL * planned:
         epochs = min(epochs, planned)
     end = state.train_seconds + max(0, resized_now - done) * small + max(0, epochs - max(resized_now, done)) * full
@@ -257,7 +257,8 @@ def _describe_replan(plan: Plan, done: int, seconds: dict[int, float], now: tupl
     measured = " and ".join(f"{seconds[side]:.1f} s at {side}x{side}" for side in sorted(seconds))
     return (f"Re-planned after epoch {done}: its epochs took {measured} (the mean of the last "
             f"{REPLAN_RECENT_EPOCHS} at each size); {now[0]} epochs fit{at_small(now[1])}, not "
-            f"{before[0]}{at_small(before[1])}, ending at about {describe_duration(end)} of training")
+            f"{before[0]}{at_small(before[1]) if before[1] != now[1] else ''}, ending at about "
+            f"{describe_duration(end)} of training")
 
 
 def _recent_epoch_seconds(history: list[dict[str, Any]]) -> dict[int, float]:

@@ -257,21 +257,24 @@ def plan_epochs(budget_seconds: float, epoch_seconds: float, small_epoch_seconds
     return 0, 0
 
 
-def replan_epochs(left_seconds: float, done: int, resized: int, epoch_seconds: float, small_epoch_seconds: float,
-                  resize_share: tuple[int, int], max_epochs: int, stretch_to: int = 0) -> tuple[int, int]:
-    """(epochs, of which at the reduced size) for a run that has trained `done` epochs of a plan with `resized`
-    small ones and has `left_seconds` of its budget left. While small epochs are still ahead, the whole plan as
-    `plan_epochs` would make it with these seconds (the epochs done counted as small ones); once they are done,
-    as many full-size epochs after them as fit. Never fewer than `done` (then the run ends now)."""
+def replan_epochs(left_seconds: float, done: int, planned: int, resized: int, epoch_seconds: float,
+                  small_epoch_seconds: float, resize_share: tuple[int, int], max_epochs: int,
+                  stretch_to: int = 0) -> tuple[int, int]:
+    """(epochs, of which at the reduced size) for a run that has trained `done` of the `planned` epochs, `resized`
+    of them planned small, and has `left_seconds` of its budget left. While small epochs are still ahead, the
+    whole plan as `plan_epochs` would make it with these seconds (the epochs done counted as small ones), keeping
+    the planned split where the count stays and it still fits; once they are done, as many full-size epochs
+    after them as fit. Never fewer than `done` (then the run ends now)."""
     def rest(epochs: int, small: int) -> float:
         return max(0, small - done) * small_epoch_seconds + max(0, epochs - max(small, done)) * epoch_seconds
 
     if done < resized:
-        epochs, resized = plan_epochs(left_seconds + done * small_epoch_seconds, epoch_seconds, small_epoch_seconds,
-                                      resize_share, max_epochs, stretch_to)
-        resized = max(resized, done)
-        while epochs > done and rest(epochs, resized) > left_seconds:
+        epochs, small = plan_epochs(left_seconds + done * small_epoch_seconds, epoch_seconds, small_epoch_seconds,
+                                    resize_share, max_epochs, stretch_to)
+        if epochs == planned and rest(planned, resized) <= left_seconds:
+            return planned, resized
+        small = max(small, done)
+        while epochs > done and rest(epochs, small) > left_seconds:
             epochs -= 1
-        return max(epochs, done), min(resized, max(epochs, done))
+        return max(epochs, done), min(small, max(epochs, done))
     return max(done, min(max_epochs, done + int(left_seconds // epoch_seconds))), resized
-
