@@ -32,7 +32,8 @@ from . import engine, model_folder, optim
 from .config import Config, ConfigError, TrainingArguments
 from .engine import progressive_size
 from .recipes import (BUDGET_MAX_EPOCHS, BUDGET_TIERS, PLAN_EFFICIENCY, RECIPES, REPLAN_FREELY_UNTIL,
-                      REPLAN_MARGIN, REPLAN_RECENT_EPOCHS, SLOW_DEFAULT_SECONDS, plan_epochs, replan_epochs)
+                      REPLAN_MARGIN, REPLAN_RECENT_EPOCHS, SLOW_DEFAULT_SECONDS, plan_epochs, replan_epochs,
+                      rest_seconds)
 
 __all__ = ["Plan", "time_steps", "synchronize", "time_training_step", "measure_training_rate", "plan_time_budget",
            "replan", "resume_plan", "check_default_speed",
@@ -235,7 +236,7 @@ def replan(plan: Plan, config: Config, loop: "engine.Loop") -> Optional[str]:
                                         plan.max_epochs, plan.stretch_to)
     if done > REPLAN_FREELY_UNTIL * planned:
         epochs = min(epochs, planned)
-    end = state.train_seconds + max(0, resized_now - done) * small + max(0, epochs - max(resized_now, done)) * full
+    end = state.train_seconds + rest_seconds(done, epochs, resized_now, full, small)
     # Each process clocked its own epochs: the main process's plan is everyone's.
     epochs, resized_now, end = broadcast_object_list([(epochs, resized_now, end)])[0]
     plan.replanned_seconds = end

@@ -27,7 +27,7 @@ __all__ = ["RECIPES", "OPTIMIZERS", "MODEL_RECIPES", "DEFAULT_MODEL", "RECIPE_FL
            "choose_data_path", "schedule_defaults", "optimizer_defaults", "describe", "LABEL_SMOOTHING", "MODEL_LEARNING_RATES",
            "LABEL_SMOOTHING_DEFAULT", "BUDGET_TIERS", "BUDGET_MAX_EPOCHS", "PLAN_EFFICIENCY", "SLOW_DEFAULT_SECONDS",
            "BUDGET_MIN_FULL_EPOCHS", "plan_epochs", "REPLAN_RECENT_EPOCHS", "REPLAN_FREELY_UNTIL", "REPLAN_MARGIN",
-           "replan_epochs"]
+           "replan_epochs", "rest_seconds"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "airbench": dict(
@@ -266,7 +266,7 @@ def replan_epochs(left_seconds: float, done: int, planned: int, resized: int, ep
     the planned split where the count stays and it still fits; once they are done, as many full-size epochs
     after them as fit. Never fewer than `done` (then the run ends now)."""
     def rest(epochs: int, small: int) -> float:
-        return max(0, small - done) * small_epoch_seconds + max(0, epochs - max(small, done)) * epoch_seconds
+        return rest_seconds(done, epochs, small, epoch_seconds, small_epoch_seconds)
 
     if done < resized:
         epochs, small = plan_epochs(left_seconds + done * small_epoch_seconds, epoch_seconds, small_epoch_seconds,
@@ -278,3 +278,9 @@ def replan_epochs(left_seconds: float, done: int, planned: int, resized: int, ep
             epochs -= 1
         return max(epochs, done), min(small, max(epochs, done))
     return max(done, min(max_epochs, done + int(left_seconds // epoch_seconds))), resized
+
+
+def rest_seconds(done: int, epochs: int, resized: int, epoch_seconds: float, small_epoch_seconds: float) -> float:
+    """Training seconds of a plan's epochs after the first `done`: the small ones still ahead, then the full-size."""
+    return max(0, resized - done) * small_epoch_seconds + max(0, epochs - max(resized, done)) * epoch_seconds
+
