@@ -3,6 +3,7 @@ plan written beside the model, a resumed run keeping its plan). Timings are prin
 never asserted here."""
 
 import json
+import math
 import re
 import shutil
 
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 
 from image_classifier import budget
 from image_classifier.config import ConfigError, parse_config, parse_duration
-from image_classifier.recipes import BUDGET_TIERS, optimizer_defaults, plan_epochs, replan_epochs
+from image_classifier.recipes import BUDGET_TIERS, fill_epochs, optimizer_defaults, plan_epochs, replan_epochs
 from image_classifier.runner import run
 from test_engine import tiny_args
 
@@ -141,11 +142,11 @@ def test_a_budgeted_run_records_its_plan_beside_the_model(budgeted):
     metrics = json.loads((budgeted / "metrics.json").read_text())
     history = json.loads((budgeted / "history.json").read_text())
     assert training["time_budget"] == "10s"
-    assert len(history) == training["num_train_epochs"] == metrics["epochs_trained"] >= 1
+    assert len(history) == math.ceil(training["num_train_epochs"]) == metrics["epochs_trained"] >= 1
     assert sum(h["train_image_size"] < 16 for h in history) == training["progressive_resize_epochs"]
     assert metrics["time_budget_seconds"] == 10
-    assert 0 < metrics["planned_train_seconds"] <= 10
-    assert f"{len(history)} epochs fit" in metrics["time_budget_plan"]
+    assert 0 < metrics["planned_train_seconds"] <= 9.9        # the budget less its 1 % margin
+    assert re.search(r"\b\d+(\.\d+)? epochs fit", metrics["time_budget_plan"])
     assert "| Time budget (planned the epochs) | `10s` |" in (budgeted / "README.md").read_text()
 
 
@@ -195,7 +196,7 @@ def test_two_processes_share_one_plan(tiny_image_folder, tmp_path):
     training = json.loads((out / "training_config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2
-    assert len(json.loads((out / "history.json").read_text())) == training["num_train_epochs"] >= 1
+    assert len(json.loads((out / "history.json").read_text())) == math.ceil(training["num_train_epochs"]) >= 1
     assert (done.stdout + done.stderr).count("Time budget 10 s:") == 1       # printed by the main process only
 
 
@@ -222,6 +223,13 @@ def test_a_re_plan_after_the_small_epochs_sets_how_many_full_ones_fit():
     assert replan_epochs(-5, 6, 8, 4, 40, 20, (5, 11), max_epochs=12) == (6, 4)        # over already: it ends now
 
 
+def test_the_last_epoch_fills_what_a_whole_one_would_overrun():
+    assert fill_epochs(5, spare_seconds=50, epoch_seconds=58.9, max_epochs=44) == 5.84     # hundredths, rounded down
+    assert fill_epochs(5, 100, 58.9, 44) == 5.99            # never a whole epoch: plan_epochs would have taken it
+    assert fill_epochs(44, 50, 1, max_epochs=44) == 44      # none past the most a plan trains
+    assert fill_epochs(5, -3, 58.9, 44) == 5 and fill_epochs(0, 5, 10, 44) == 0
+
+
 def test_a_re_plan_keeps_the_small_epochs_already_trained():
     # 3 of 4 small epochs done and 50 s left: one small and one full (60 s) do not fit, so the run ends now; the
     # epochs done stay counted as small
@@ -231,28 +239,29 @@ def test_a_re_plan_keeps_the_small_epochs_already_trained():
 
 def test_a_run_whose_start_timing_read_slow_trains_the_epochs_its_own_seconds_fit(tiny_image_folder, tmp_path,
                                                                                   monkeypatch, capsys):
-    # The start-of-run timing is replaced by one 20-50x too slow (3 s an epoch): the 10 s budget then fits 3 epochs.
-    # After epoch 1 the loop's own seconds (well under a second) fit the most a plan trains, 11 (1x the recipe's):
-    # the run trains them, its linear schedule stretched to 11 epochs' steps from where it was, and a resume from the
-    # checkpoint after epoch 1 (taken after the re-plan) ends with the same weights.
-    monkeypatch.setattr(budget, "_measure_tier", lambda config, *a: ({16: 1.0}, 3.0, 3.0, 16))
+    # The start-of-run timing is replaced by one 20-50x too slow (4 s an epoch): the 10 s budget less its 1 % margin
+    # then fits 2 epochs and 0.47 of a third. After epoch 1 the loop's own seconds (well under a second) fit the most
+    # a plan trains, 11 (1x the recipe's): the run trains them, its linear schedule stretched to 11 epochs' steps
+    # from where it was, and a resume from the checkpoint after epoch 1 (taken after the re-plan) ends with the same
+    # weights.
+    monkeypatch.setattr(budget, "_measure_tier", lambda config, *a: ({16: 1.0}, 4.0, 4.0, 16))
     monkeypatch.setattr(budget, "BUDGET_MAX_EPOCHS", 1)
     out = tmp_path / "replanned"
     run(parse_config(budget_args(tiny_image_folder, out, "--progressive_resize_epochs", "0")))
     printed = capsys.readouterr().out
-    assert "3 epochs fit: all at 16x16" in printed
-    assert re.search(r"Re-planned after epoch 1: its epochs took \d+\.\d s at 16x16 .*; 11 epochs fit, not 3, "
-                     r"ending at about \d+ s", printed)
+    planned = float(re.search(r"(2\.4\d) epochs fit: all at 16x16", printed)[1])    # 9.9 s less the timing's
+    assert re.search(rf"Re-planned after epoch 1: its epochs took \d+\.\d s at 16x16 .*; 11 epochs fit, not "
+                     rf"{planned:g}, ending at about \d+ s", printed), printed
     training = json.loads((out / "training_config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     history = json.loads((out / "history.json").read_text())
     steps = len(history[0]["learning_rates"])           # optimizer steps per epoch
     assert len(history) == training["num_train_epochs"] == 11 and metrics["global_steps"] == 11 * steps
-    assert "3 epochs fit" in metrics["time_budget_plan"] and len(metrics["time_budget_replans"]) == 1
-    assert metrics["planned_train_seconds"] == 9.0 and 0 < metrics["replanned_train_seconds"] < 10
-    peak = history[0]["learning_rates"][0]
+    assert f"{planned:g} epochs fit" in metrics["time_budget_plan"] and len(metrics["time_budget_replans"]) == 1
+    assert metrics["planned_train_seconds"] == pytest.approx(4 * planned, abs=0.05) and 0 < metrics["replanned_train_seconds"] < 10
+    peak, first = history[0]["learning_rates"][0], math.ceil(planned * steps)    # the first plan's optimizer steps
     lrs = [lr for h in history for lr in h["learning_rates"]]
-    assert lrs[:steps] == pytest.approx([peak * (3 * steps - k) / (3 * steps) for k in range(steps)])   # 3 epochs'
+    assert lrs[:steps] == pytest.approx([peak * (first - k) / first for k in range(steps)])   # 2.4x epochs'
     assert lrs[steps:] == pytest.approx([peak * (11 * steps - k) / (11 * steps) for k in range(steps, 11 * steps)])
     resumed = tmp_path / "resumed"
     first = sorted((out / "checkpoints").glob("step_*"))[0]
@@ -262,3 +271,55 @@ def test_a_run_whose_start_timing_read_slow_trains_the_epochs_its_own_seconds_fi
                                  "--resume_from_checkpoint", "latest")))
     expected, got = load_file(out / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all((expected[k] == got[k]).all() for k in expected)
+
+
+def after_four_epochs(planned: float, full_seconds: float):
+    """A 5-minute plan (10 s of it timing, 60 s full-size epochs) of `planned` epochs, 3 of them at 24x24, after
+    3 small epochs of 30 s and one full one of `full_seconds`; the loop (10 optimizer steps an epoch) with its
+    real linear schedule."""
+    import torch
+    from image_classifier import engine
+
+    config = parse_config(["--dataset", "x", "--time_budget", "5m"])
+    config.apply_plan({"num_train_epochs": planned, "progressive_resize_epochs": 3})
+    plan = budget.Plan(budget_seconds=300, tier="default", epochs=planned, resized_epochs=3, side=32, small_side=24,
+                       epoch_seconds=60, small_epoch_seconds=30, images_per_second={}, measure_seconds=10,
+                       max_epochs=44, flags=dict(config.to_dict(), num_train_epochs=planned,
+                                                 progressive_resize_epochs=3), resize_share=(5, 11), stretch_to=11)
+    spans = [30, 30, 30, full_seconds]
+    history = [{"seconds": sum(spans[:i + 1]), "train_image_size": 24 if i < 3 else 32} for i in range(4)]
+    state = engine.TrainerState(epoch=4, global_step=40, train_seconds=sum(spans), history=history)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    steps = math.ceil(planned * 10)
+    scheduler = engine.build_scheduler(optimizer, config.train, steps)
+    for _ in range(40):
+        optimizer.step()
+        scheduler.step()
+    loop = engine.Loop(model=None, optimizer=optimizer, scheduler=scheduler, train_loader=[None] * 10,
+                       eval_loader=None, unwrapped=None, state=state, num_epochs=math.ceil(planned), max_steps=steps,
+                       side=32, tta="none", epoch_tta="none")
+    return plan, config, loop
+
+
+def test_a_re_plan_within_the_budget_changes_only_what_buys_real_training():
+    # 150 s trained + 2.25 x 60 s planned + 10 s timing = 295 s: within the 300. Filling the 137 s left of the budget
+    # less its 1 % margin would train 6.28 epochs, 1.8 s more: under the 3-s margin, so the plan stands.
+    plan, config, loop = after_four_epochs(6.25, full_seconds=60)
+    assert budget.replan(plan, config, loop) is None
+    assert config.train.num_train_epochs == 6.25 and plan.replanned_seconds == pytest.approx(285)
+    # Planned 5.5 (240 s): 6.28 trains 46.8 s more, so the run takes them, its schedule stretched in place.
+    plan, config, loop = after_four_epochs(5.5, full_seconds=60)
+    line = budget.replan(plan, config, loop)
+    assert "6.28 epochs fit (3 at 24x24), not 5.5, ending at about 4 min 47 s" in line
+    assert config.train.num_train_epochs == 6.28 and loop.max_steps == 63 and loop.num_epochs == 7
+    assert loop.scheduler.get_last_lr()[0] == pytest.approx(1 - 40 / 63)
+
+
+def test_a_re_plan_cuts_a_plan_that_would_end_past_the_budget():
+    # The full-size epoch took 66 s: 6.25 epochs would end at 156 + 2.25 x 66 + 10 = 314.5 s, past the 300. The
+    # 131 s left less the margin fit one more whole epoch and 0.98 of the next.
+    plan, config, loop = after_four_epochs(6.25, full_seconds=66)
+    line = budget.replan(plan, config, loop)
+    assert "its epochs took 30.0 s at 24x24 and 66.0 s at 32x32" in line and "5.98 epochs fit (3 at 24x24), not 6.25" in line
+    assert config.train.num_train_epochs == 5.98 and loop.max_steps == 60
+    assert plan.replanned_seconds == pytest.approx(156 + 1.98 * 66) and plan.replanned_seconds + 10 <= 297

@@ -4,7 +4,8 @@ A fixed epoch count tuned on one host is the wrong contract on another (a CPU wi
 a budgeted run measures first: a copy of the model takes a few forward + backward + optimizer steps on random
 tensors of one batch (the run's precision and memory format), at each image side the recipe trains at. From those
 rates the plan takes the most accurate tier of `recipes.BUDGET_TIERS` whose minimum epochs fit and as many of its
-epochs as fit (`recipes.plan_epochs`), and sets them as flags (`Config.apply_plan`): the run's config, card and
+epochs as fit (`recipes.plan_epochs`), the last of them partial where a whole one would overrun the budget
+(`recipes.fill_epochs`), and sets them as flags (`Config.apply_plan`): the run's config, card and
 metrics.json say what the budget bought, and the same flags spelled out give the same run.
 
 measure_training_rate  images/s of one model's training step at one image side, all processes together
@@ -32,8 +33,8 @@ from . import engine, model_folder, optim
 from .config import Config, ConfigError, TrainingArguments
 from .engine import progressive_size
 from .recipes import (BUDGET_MAX_EPOCHS, BUDGET_TIERS, PLAN_EFFICIENCY, RECIPES, REPLAN_FREELY_UNTIL,
-                      REPLAN_MARGIN, REPLAN_RECENT_EPOCHS, SLOW_DEFAULT_SECONDS, plan_epochs, replan_epochs,
-                      rest_seconds)
+                      REPLAN_MARGIN, REPLAN_RECENT_EPOCHS, SLOW_DEFAULT_SECONDS, fill_epochs, plan_epochs,
+                      replan_epochs, rest_seconds)
 
 __all__ = ["Plan", "time_steps", "synchronize", "time_training_step", "measure_training_rate", "plan_time_budget",
            "replan", "resume_plan", "check_default_speed",
@@ -50,7 +51,7 @@ class Plan:
 
     budget_seconds: float           # --time_budget
     tier: str                       # recipes.BUDGET_TIERS name
-    epochs: int
+    epochs: float                   # the last may be partial (recipes.fill_epochs): 5.85
     resized_epochs: int             # of which at `small_side`
     side: int                       # pixels: the full training side
     small_side: int                 # pixels: the reduced side (== side without progressive resizing)
@@ -70,7 +71,7 @@ class Plan:
     @property
     def predicted_seconds(self) -> float:
         """Training seconds of the whole plan made at the start, as history.json counts them."""
-        return self.resized_epochs * self.small_epoch_seconds + (self.epochs - self.resized_epochs) * self.epoch_seconds
+        return rest_seconds(0, self.epochs, self.resized_epochs, self.epoch_seconds, self.small_epoch_seconds)
 
     def to_metrics(self) -> dict[str, Any]:
         """The metrics.json keys that record the budget, its plan at the start and the re-plans after."""
@@ -187,7 +188,7 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
                                "epochs fit (not timed)")
             continue
         measured = _measure_tier(trial, build, accelerator, shape, num_train_images, share)
-        epochs, resized = plan_epochs(budget - (time.perf_counter() - started), measured[1], measured[2], share,
+        epochs, resized = plan_epochs(_budget_left(budget, started), measured[1], measured[2], share,
                                       _max_epochs(config), _recipe_epochs(config))
         if chosen is None:                # the default tier: the yardstick of a tier without min_epochs
             default_epochs = epochs
@@ -198,13 +199,20 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
             whose = "its" if tier["min_epochs"] else "the default's"
             passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): {epochs} of its epochs fit, fewer than "
                                f"{whose} {needed}")
-    # The seconds spent measuring differ a little between processes: the main process's choice is everyone's.
-    tier, (rates, epoch_seconds, small_seconds, small), epochs, resized = broadcast_object_list([chosen])[0]
+    # The chosen tier's epochs again with what the tiers timed after it spent, the last one filling the budget. The
+    # seconds spent measuring differ a little between processes: the main process's plan is everyone's.
+    tier, measured = chosen[:2]
+    epochs, resized = plan_epochs(_budget_left(budget, started), *measured[1:3], share, _max_epochs(config),
+                                  _recipe_epochs(config))
+    spare = _budget_left(budget, started) - rest_seconds(0, epochs, resized, *measured[1:3])
+    epochs = fill_epochs(epochs, spare, measured[1], _max_epochs(config))
+    tier, (rates, epoch_seconds, small_seconds, small), epochs, resized = broadcast_object_list(
+        [(tier, measured, epochs, resized)])[0]
     if epochs < 1:
         raise ConfigError("time_budget", f"is too short for one epoch on this host: one takes about "
                                          f"{describe_duration(min(epoch_seconds, small_seconds))} of training here. "
                                          "Give a longer budget, or --max_train_steps for part of an epoch")
-    values = {**tier["flags"], "num_train_epochs": float(epochs)}
+    values = {**tier["flags"], "num_train_epochs": epochs}
     if "progressive_resize_epochs" in config.unset:
         values["progressive_resize_epochs"] = resized
     config.apply_plan(values)
@@ -218,31 +226,40 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
 def replan(plan: Plan, config: Config, loop: "engine.Loop") -> Optional[str]:
     """After an epoch of a budgeted run: plan the rest again from the loop's own seconds per epoch at each image
     side (the mean of its recent ones; a side not yet trained keeps the start-of-run timing), keeping
-    REPLAN_MARGIN of the budget in hand, and where the epochs that fit changed, set them (`Config.apply_plan`)
-    and give the schedule its new length (`engine.reschedule`). Returns the line that says so, else None.
+    REPLAN_MARGIN of the budget in hand, the last epoch partial where a whole one does not fit. Where the plan
+    would end past the budget, or the new one trains longer by REPLAN_MARGIN of the budget (or a whole epoch
+    where that is less), set it
+    (`Config.apply_plan`) and give the schedule its new length (`engine.reschedule`). Returns the line that says
+    so, else None.
 
     The timing at the start is of a bare copy on random tensors, before the host settles: the loop itself runs
-    up to 10 % faster or 5 % slower. Past REPLAN_FREELY_UNTIL of the epochs only an epoch that would end past
-    the budget is dropped. A schedule outside RETARGETABLE_SCHEDULES (one-cycle, plateau) keeps its plan.
+    up to 10 % faster or 5 % slower. Past REPLAN_FREELY_UNTIL of the epochs a plan is only cut, where it would
+    end past the budget. A schedule outside RETARGETABLE_SCHEDULES (one-cycle, plateau) keeps its plan.
     """
     state, args = loop.state, config.train
-    done, planned, resized = state.epoch, loop.num_epochs, args.progressive_resize_epochs
-    if done >= planned or args.lr_scheduler_type not in engine.RETARGETABLE_SCHEDULES:
+    done, planned, resized = state.epoch, args.num_train_epochs, args.progressive_resize_epochs
+    if done >= loop.num_epochs or args.lr_scheduler_type not in engine.RETARGETABLE_SCHEDULES:
         return None
     seconds = _recent_epoch_seconds(state.history)
     full, small = seconds.get(plan.side, plan.epoch_seconds), seconds.get(plan.small_side, plan.small_epoch_seconds)
     left = plan.budget_seconds * (1 - REPLAN_MARGIN) - plan.measure_seconds - state.train_seconds
-    epochs, resized_now = replan_epochs(left, done, planned, resized, full, small, plan.resize_share,
+    epochs, resized_now = replan_epochs(left, done, int(planned), resized, full, small, plan.resize_share,
                                         plan.max_epochs, plan.stretch_to)
+    epochs = fill_epochs(epochs, left - rest_seconds(done, epochs, resized_now, full, small), full, plan.max_epochs)
     if done > REPLAN_FREELY_UNTIL * planned:
         epochs = min(epochs, planned)
-    end = state.train_seconds + rest_seconds(done, epochs, resized_now, full, small)
+    end, was = (state.train_seconds + rest_seconds(done, e, r, full, small) for e, r in
+                ((epochs, resized_now), (planned, resized)))
+    over = plan.measure_seconds + was > plan.budget_seconds
+    worth = min(REPLAN_MARGIN * plan.budget_seconds, full)      # seconds of training a change must add
+    change = (epochs, resized_now) != (planned, resized) and (over or end - was >= worth)
     # Each process clocked its own epochs: the main process's plan is everyone's.
-    epochs, resized_now, end = broadcast_object_list([(epochs, resized_now, end)])[0]
+    epochs, resized_now, end, change = broadcast_object_list([(epochs, resized_now, end if change else was,
+                                                               change)])[0]
     plan.replanned_seconds = end
-    if (epochs, resized_now) == (planned, resized):
+    if not change:
         return None
-    config.apply_plan({"num_train_epochs": float(epochs),
+    config.apply_plan({"num_train_epochs": epochs,
                        **({"progressive_resize_epochs": resized_now} if "progressive_resize_epochs" in plan.flags
                           else {})})
     engine.reschedule(loop, args)
@@ -250,15 +267,15 @@ def replan(plan: Plan, config: Config, loop: "engine.Loop") -> Optional[str]:
     return plan.replans[-1]
 
 
-def _describe_replan(plan: Plan, done: int, seconds: dict[int, float], now: tuple[int, int],
-                     before: tuple[int, int], end: float) -> str:
+def _describe_replan(plan: Plan, done: int, seconds: dict[int, float], now: tuple[float, int],
+                     before: tuple[float, int], end: float) -> str:
     """'Re-planned after epoch 10: its epochs took ...; 21 epochs fit (10 at 24x24), not 20 (9 at 24x24), ...'."""
     def at_small(resized: int) -> str:
         return f" ({resized} at {plan.small_side}x{plan.small_side})" if plan.small_side != plan.side else ""
     measured = " and ".join(f"{seconds[side]:.1f} s at {side}x{side}" for side in sorted(seconds))
     return (f"Re-planned after epoch {done}: its epochs took {measured} (the mean of the last "
-            f"{REPLAN_RECENT_EPOCHS} at each size); {now[0]} epochs fit{at_small(now[1])}, not "
-            f"{before[0]}{at_small(before[1]) if before[1] != now[1] else ''}, ending at about "
+            f"{REPLAN_RECENT_EPOCHS} at each size); {now[0]:g} epochs fit{at_small(now[1])}, not "
+            f"{before[0]:g}{at_small(before[1]) if before[1] != now[1] else ''}, ending at about "
             f"{describe_duration(end)} of training")
 
 
@@ -284,6 +301,11 @@ def resume_plan(config: Config) -> str:
     config.apply_plan(values)
     return (f"Time budget {config.train.time_budget}: resuming the plan of {config.train.output_dir} "
             f"({_flags(values)})")
+
+
+def _budget_left(budget: float, started: float) -> float:
+    """Training seconds a plan made now may fill: the budget less REPLAN_MARGIN and the seconds since `started`."""
+    return budget * (1 - REPLAN_MARGIN) - (time.perf_counter() - started)
 
 
 def _max_epochs(config: Config) -> int:
@@ -334,7 +356,7 @@ def describe_plan(plan: Plan) -> str:
     """The line a run prints: the budget, the measured rates, what fits and why, and the predicted end."""
     rates = " and ".join(f"{rate:,.0f} images/s at {side}x{side}" for side, rate in sorted(plan.images_per_second.items()))
     sizes = (f"{plan.resized_epochs} at {plan.small_side}x{plan.small_side}, "
-             f"{plan.epochs - plan.resized_epochs} at {plan.side}x{plan.side}" if plan.resized_epochs else
+             f"{round(plan.epochs - plan.resized_epochs, 2):g} at {plan.side}x{plan.side}" if plan.resized_epochs else
              f"all at {plan.side}x{plan.side}")
     skipped = f"; passed over: {'; '.join(plan.passed_over)}" if plan.passed_over else ""
     if plan.epochs == plan.max_epochs:
@@ -342,7 +364,7 @@ def describe_plan(plan: Plan) -> str:
                     f"rest of the budget is left unused")
     return (f"Time budget {describe_duration(plan.budget_seconds)}: the {plan.tier} tier ({_flags(plan.flags)}); "
             f"this host trains it at {rates} (timed in {plan.measure_seconds:.1f} s, counted in the budget); "
-            f"{plan.epochs} epochs fit: {sizes}, ending at about {describe_duration(plan.predicted_seconds)} of "
+            f"{plan.epochs:g} epochs fit: {sizes}, ending at about {describe_duration(plan.predicted_seconds)} of "
             f"training{skipped}")
 
 

@@ -871,7 +871,8 @@ def record_epoch(loop: Loop, record: dict[str, Any], metrics: dict[str, float], 
 def _print_plan(loop: Loop, args: TrainingArguments, accelerator: Accelerator, lr: float) -> None:
     n, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
     per_device = args.per_device_train_batch_size
-    accelerator.print(f"Training {loop.num_epochs} epochs ({loop.max_steps} optimizer steps) on {n} process(es), "
+    epochs = loop.num_epochs if args.max_train_steps else args.num_train_epochs     # 5.85: the last one partial
+    accelerator.print(f"Training {epochs:g} epochs ({loop.max_steps} optimizer steps) on {n} process(es), "
                       f"{accelerator.device}; global batch {per_device * n * accumulation} ({per_device} per process x "
                       f"{n} process(es) x {accumulation} accumulation step(s)); learning rate {lr:g}"
                       + (f" (--scale_lr: {args.learning_rate:g} x {n * accumulation})" if args.scale_lr else ""))

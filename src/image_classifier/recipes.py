@@ -27,7 +27,7 @@ __all__ = ["RECIPES", "OPTIMIZERS", "MODEL_RECIPES", "DEFAULT_MODEL", "RECIPE_FL
            "choose_data_path", "schedule_defaults", "optimizer_defaults", "describe", "LABEL_SMOOTHING", "MODEL_LEARNING_RATES",
            "LABEL_SMOOTHING_DEFAULT", "BUDGET_TIERS", "BUDGET_MAX_EPOCHS", "PLAN_EFFICIENCY", "SLOW_DEFAULT_SECONDS",
            "BUDGET_MIN_FULL_EPOCHS", "plan_epochs", "REPLAN_RECENT_EPOCHS", "REPLAN_FREELY_UNTIL", "REPLAN_MARGIN",
-           "replan_epochs", "rest_seconds"]
+           "replan_epochs", "rest_seconds", "fill_epochs"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "airbench": dict(
@@ -226,8 +226,11 @@ REPLAN_RECENT_EPOCHS = 3    # after each epoch a budgeted run plans the rest aga
                             # epochs at each image side (the host's speed drifts 5-10 % between minutes, and the
                             # start-of-run timing was 5-10 % off either way per side: bench/RESULTS.md, Time
                             # budgets); the slowest of them cut and restored an epoch on one 10 % slower epoch
-REPLAN_MARGIN = 0.01        # of the budget, kept in hand by a re-plan: an epoch's seconds vary by 2-5 % around the
-                            # mean (1-3 s of a 50-s one), and the last epoch must end within the budget
+REPLAN_MARGIN = 0.01        # of the budget, kept in hand by every plan: an epoch's seconds vary by 2-5 % around the
+                            # mean (1-3 s of a 50-s one), and the last epoch must end within the budget. A re-plan
+                            # changes a plan that still ends within the budget only where the change adds at least
+                            # this much training, or a whole epoch where that is less (one line and one retarget per
+                            # real change, not one after every epoch)
 REPLAN_FREELY_UNTIL = 0.75  # fraction of the planned epochs: past it a re-plan only drops an epoch that would end
                             # past the budget (a later change of length moves an already low learning rate by a
                             # large share of itself: one epoch more after 15 of 20 raises it by 14 %, after 10 by 5 %);
@@ -280,7 +283,17 @@ def replan_epochs(left_seconds: float, done: int, planned: int, resized: int, ep
     return max(done, min(max_epochs, done + int(left_seconds // epoch_seconds))), resized
 
 
-def rest_seconds(done: int, epochs: int, resized: int, epoch_seconds: float, small_epoch_seconds: float) -> float:
-    """Training seconds of a plan's epochs after the first `done`: the small ones still ahead, then the full-size."""
+def fill_epochs(epochs: int, spare_seconds: float, epoch_seconds: float, max_epochs: int) -> float:
+    """`epochs` and a last, partial full-size epoch that trains for `spare_seconds` (what is left of the budget that
+    one whole epoch more would overrun), in hundredths of an epoch: a 5-minute budget whose 6th epoch does not fit
+    trains 5.85 of them, not 5 with 15 % of its seconds unused. None at `max_epochs`, or where none fits."""
+    if epochs < 1 or epochs >= max_epochs or spare_seconds <= 0:
+        return float(epochs)
+    return round(epochs + min(0.99, math.floor(100 * spare_seconds / epoch_seconds) / 100), 2)
+
+
+def rest_seconds(done: int, epochs: float, resized: int, epoch_seconds: float, small_epoch_seconds: float) -> float:
+    """Training seconds of a plan's epochs after the first `done`: the small ones still ahead, then the full-size
+    (the last of them may be partial: `epochs` 5.85)."""
     return max(0, resized - done) * small_epoch_seconds + max(0, epochs - max(resized, done)) * epoch_seconds
 
