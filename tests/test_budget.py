@@ -97,6 +97,33 @@ def test_the_wide_tier_is_left_out_where_the_user_chose_its_flags():
     assert wide not in budget._tiers(parse_config(["--dataset", "x", "--time_budget", "1h", "--model", "cnn-basic"]))
 
 
+def test_where_fewer_than_11_default_epochs_fit_the_narrow_net_is_taken_and_nothing_else_timed(monkeypatch):
+    # 5 minutes of 70-s default epochs (35 s small) fit 5; the narrow net at half the seconds fits more, and is taken
+    from accelerate import Accelerator
+
+    timed = []
+
+    def measured(config, build, accelerator, shape, num_train_images, share):
+        timed.append(config.model.widths)
+        seconds = 35.0 if config.model.widths == [32, 128, 128] else 70.0
+        return {32: 1000.0, 24: 2000.0}, seconds, seconds / 2, 24
+
+    monkeypatch.setattr(budget, "_measure_tier", measured)
+    config = parse_config(["--dataset", "x", "--time_budget", "5m"])
+    plan = budget.plan_time_budget(config, None, Accelerator(cpu=True), (3, 32, 32), 45_000)
+    assert timed == [None, [32, 128, 128]] and plan.tier == "narrow" and config.model.widths == [32, 128, 128]
+    assert int(plan.epochs) == plan_epochs(297, 35.0, 17.5, (5, 11), 44, 11)[0] > 5
+    assert [p.split(" (")[0] for p in plan.passed_over] == ["batch-500", "wide"]
+    assert all(p.endswith("fewer than 11 epochs of the default fit, so the narrow net is taken (not timed)")
+               for p in plan.passed_over)
+    # 15 minutes fit 16 default epochs: the narrow net is not timed
+    timed.clear()
+    plan = budget.plan_time_budget(parse_config(["--dataset", "x", "--time_budget", "15m"]), None,
+                                   Accelerator(cpu=True), (3, 32, 32), 45_000)
+    assert [None, [32, 128, 128]] != timed[:2] and plan.tier != "narrow"
+    assert "narrow (--widths 32 128 128): 16 epochs of the default fit, at least 11 (not timed)" in plan.passed_over
+
+
 @pytest.mark.parametrize("batch_500_seconds, tier", [(60.0, "batch-500"), (75.0, "default")])
 def test_batch_500_is_taken_where_as_many_of_its_epochs_fit_as_of_the_default_s(monkeypatch, batch_500_seconds, tier):
     # The budgeted runs below time real steps; here each tier's epoch seconds are given, to check the choice alone.
@@ -177,6 +204,19 @@ def test_a_float32_default_that_would_train_past_the_limit_says_so_and_what_a_bu
     out = capsys.readouterr().out
     assert "This host trains in float32 (no native bf16): the default 11 epochs would take about" in out
     assert re.search(r"`--time_budget \S+m` would train \d+ epochs \(\d+ at 12x12\) and end within it", out)
+
+
+def test_where_few_default_epochs_fit_the_slow_default_s_line_names_the_narrow_net(monkeypatch):
+    # cnn-fast at its own widths, 150 s a full-size epoch and 90 s a small one (a float32 host without AVX-512):
+    # 11 epochs (5 small) take 22.5 minutes; 15 minutes fit 7 of them (3 small), fewer than 11
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(budget, "_measure_tier", lambda *a: ({32: 300.0, 24: 500.0}, 150.0, 90.0, 24))
+    config = parse_config(["--dataset", "x", "--mixed_precision", "no"])
+    line = budget.check_default_speed(config, None, Accelerator(cpu=True, mixed_precision="no"), (3, 32, 32), 45_000)
+    assert "the default 11 epochs would take about 22 min 30 s of training, past 15 min 0 s" in line
+    assert line.endswith("`--time_budget 15m` would fit 7 epochs of it (3 at 24x24), fewer than 11, so it would train "
+                         "the narrow net (--widths 32 128 128) for as many epochs of it as fit instead, ending within it.")
 
 
 def test_a_default_run_in_bf16_times_nothing(tiny_image_folder, tmp_path, monkeypatch, capsys):
@@ -323,3 +363,20 @@ def test_a_re_plan_cuts_a_plan_that_would_end_past_the_budget():
     assert "its epochs took 30.0 s at 24x24 and 66.0 s at 32x32" in line and "5.98 epochs fit (3 at 24x24), not 6.25" in line
     assert config.train.num_train_epochs == 5.98 and loop.max_steps == 60
     assert plan.replanned_seconds == pytest.approx(156 + 1.98 * 66) and plan.replanned_seconds + 10 <= 297
+
+
+def test_the_run_s_first_epoch_counts_only_alone_and_only_where_it_ran_faster_than_timed():
+    timed = {24: 90.0, 32: 150.0}
+
+    def history(*spans):            # (side, seconds) per epoch -> history.json records, seconds cumulative
+        ends = [sum(s for _, s in spans[:i + 1]) for i in range(len(spans))]
+        return [{"train_image_size": side, "seconds": end} for (side, _), end in zip(spans, ends)]
+
+    # the warm-up epoch (141 s) alone is slower than timed: the timing stands; once a second ran, it alone counts
+    assert budget._recent_epoch_seconds(history((24, 141.0)), timed) == {24: 90.0}
+    assert budget._recent_epoch_seconds(history((24, 141.0), (24, 83.0)), timed) == {24: 83.0}
+    # alone and faster than timed (the timing read slow): it counts
+    assert budget._recent_epoch_seconds(history((24, 60.0)), timed) == {24: 60.0}
+    # the mean of the last 3 at each side; the first epoch is left out at its own side only
+    spans = history((24, 141.0), (24, 80.0), (24, 84.0), (24, 82.0), (24, 90.0), (32, 160.0))
+    assert budget._recent_epoch_seconds(spans, timed) == {24: pytest.approx(256 / 3), 32: 160.0}

@@ -177,15 +177,13 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
     started = time.perf_counter()
     budget = config.train.time_budget_seconds
     share = _resize_share(config, accelerator.device.type == "cuda")
-    tiers = _tiers(config)
     chosen, passed_over, default_epochs = None, [], 0
-    for tier in reversed(tiers):          # the default first: the fallback, and the others' yardstick
+    for tier in _timing_order(_tiers(config)):
         trial = copy.deepcopy(config)
         trial.apply_plan(tier["flags"])
-        if chosen is not None and tier["min_epochs"] and (
-                budget < 0.8 * tier["min_epochs"] * tier["cost"] * chosen[1][1]):
-            passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): far fewer than its {tier['min_epochs']} "
-                               "epochs fit (not timed)")
+        skip = chosen and _not_worth_timing(tier, chosen[0], default_epochs, budget, chosen[1][1])
+        if skip:
+            passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): {skip} (not timed)")
             continue
         measured = _measure_tier(trial, build, accelerator, shape, num_train_images, share)
         epochs, resized = plan_epochs(_budget_left(budget, started), measured[1], measured[2], share,
@@ -240,7 +238,8 @@ def replan(plan: Plan, config: Config, loop: "engine.Loop") -> Optional[str]:
     done, planned, resized = state.epoch, args.num_train_epochs, args.progressive_resize_epochs
     if done >= loop.num_epochs or args.lr_scheduler_type not in engine.RETARGETABLE_SCHEDULES:
         return None
-    seconds = _recent_epoch_seconds(state.history)
+    seconds = _recent_epoch_seconds(state.history, {plan.side: plan.epoch_seconds,
+                                                    plan.small_side: plan.small_epoch_seconds})
     full, small = seconds.get(plan.side, plan.epoch_seconds), seconds.get(plan.small_side, plan.small_epoch_seconds)
     left = plan.budget_seconds * (1 - REPLAN_MARGIN) - plan.measure_seconds - state.train_seconds
     epochs, resized_now = replan_epochs(left, done, int(planned), resized, full, small, plan.resize_share,
@@ -274,18 +273,31 @@ def _describe_replan(plan: Plan, done: int, seconds: dict[int, float], now: tupl
         return f" ({resized} at {plan.small_side}x{plan.small_side})" if plan.small_side != plan.side else ""
     measured = " and ".join(f"{seconds[side]:.1f} s at {side}x{side}" for side in sorted(seconds))
     return (f"Re-planned after epoch {done}: its epochs took {measured} (the mean of the last "
-            f"{REPLAN_RECENT_EPOCHS} at each size); {now[0]:g} epochs fit{at_small(now[1])}, not "
+            f"{REPLAN_RECENT_EPOCHS} at each size after the first epoch); {now[0]:g} epochs fit{at_small(now[1])}, not "
             f"{before[0]:g}{at_small(before[1]) if before[1] != now[1] else ''}, ending at about "
             f"{describe_duration(end)} of training")
 
 
-def _recent_epoch_seconds(history: list[dict[str, Any]]) -> dict[int, float]:
-    """Per image side trained at: the mean training seconds of its last REPLAN_RECENT_EPOCHS epochs."""
+def _recent_epoch_seconds(history: list[dict[str, Any]], timed: dict[int, float]) -> dict[int, float]:
+    """Per image side trained at: the mean training seconds of its last REPLAN_RECENT_EPOCHS epochs.
+
+    The run's first epoch carries a warm-up (first touches of memory, kernel choices): it took 1.1-1.7x the next
+    one at its side here (141 s against 83 on a float32 host), and a re-plan after it alone cut two small epochs
+    the run could not get back. So it counts only while no later epoch has run at its side, and then only where it
+    ran faster than `timed` (the start-of-run timing per side) says."""
     ends = [h["seconds"] for h in history]      # cumulative training seconds after each epoch
     by_side: dict[int, list[float]] = {}
     for record, begun, ended in zip(history, [0.0, *ends], ends):
         by_side.setdefault(record["train_image_size"], []).append(ended - begun)
-    return {side: statistics.fmean(spans[-REPLAN_RECENT_EPOCHS:]) for side, spans in by_side.items()}
+    found = {}
+    for side, spans in by_side.items():
+        if side == history[0]["train_image_size"]:       # the side the run's first epoch trained at
+            first, spans = spans[0], spans[1:]
+            if not spans:
+                found[side] = min(first, timed.get(side, first))
+                continue
+        found[side] = statistics.fmean(spans[-REPLAN_RECENT_EPOCHS:])
+    return found
 
 
 def resume_plan(config: Config) -> str:
@@ -308,6 +320,23 @@ def _budget_left(budget: float, started: float) -> float:
     return budget * (1 - REPLAN_MARGIN) - (time.perf_counter() - started)
 
 
+def _timing_order(tiers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The default first (the fallback, and the others' yardstick), then from the cheapest to the most accurate."""
+    return sorted(tiers, key=lambda t: (t["name"] != "default", -BUDGET_TIERS.index(t)))
+
+
+def _not_worth_timing(tier: dict[str, Any], chosen: dict[str, Any], default_epochs: int, budget: float,
+                      chosen_epoch_seconds: float) -> Optional[str]:
+    """Why `tier` is passed over without timing it, given the tier chosen so far; None where it is worth timing."""
+    if chosen.get("below_default"):
+        return f"fewer than {chosen['below_default']} epochs of the default fit, so the {chosen['name']} net is taken"
+    if tier.get("below_default") and default_epochs >= tier["below_default"]:
+        return f"{default_epochs} epochs of the default fit, at least {tier['below_default']}"
+    if tier["min_epochs"] and budget < 0.8 * tier["min_epochs"] * tier["cost"] * chosen_epoch_seconds:
+        return f"far fewer than its {tier['min_epochs']} epochs fit"
+    return None
+
+
 def _max_epochs(config: Config) -> int:
     """The most epochs a plan trains: recipes.BUDGET_MAX_EPOCHS times the recipe's own."""
     return int(BUDGET_MAX_EPOCHS * _recipe_epochs(config))
@@ -319,10 +348,10 @@ def _recipe_epochs(config: Config) -> int:
 
 
 def _tiers(config: Config) -> list[dict[str, Any]]:
-    """The BUDGET_TIERS this run may take, most accurate first: on an airbench model, those whose flags the user
+    """The BUDGET_TIERS this run may take, most accurate per epoch first: on an airbench model, those whose flags the user
     left at their defaults; otherwise only the default (more or fewer epochs of the run as given)."""
     if config.train.recipe != "airbench":
-        return [BUDGET_TIERS[-1]]
+        return [t for t in BUDGET_TIERS if t["name"] == "default"]
     return [t for t in BUDGET_TIERS if all(_left_default(config, name) for name in t["flags"])]
 
 
@@ -384,6 +413,12 @@ def check_default_speed(config: Config, build: Callable[[Config], torch.nn.Modul
     if predicted <= SLOW_DEFAULT_SECONDS:
         return None
     epochs, fewer = plan_epochs(SLOW_DEFAULT_SECONDS, full, small, share, _max_epochs(config), _recipe_epochs(config))
+    would = f"would train {epochs} epochs ({fewer} at {side}x{side}) and end within it"
+    cheaper = [t for t in _tiers(config) if t.get("below_default", 0) > epochs]
+    if cheaper:
+        would = (f"would fit {epochs} epochs of it ({fewer} at {side}x{side}), fewer than "
+                 f"{cheaper[0]['below_default']}, so it would train the {cheaper[0]['name']} net "
+                 f"({_flags(cheaper[0]['flags'])}) for as many epochs of it as fit instead, ending within it")
     return (f"This host trains in float32 (no native bf16): the default {args.num_train_epochs:g} epochs would take "
             f"about {describe_duration(predicted)} of training, past {describe_duration(SLOW_DEFAULT_SECONDS)}. "
-            f"`--time_budget {SLOW_DEFAULT_SECONDS / 60:g}m` would train {epochs} epochs ({fewer} at {side}x{side}) and end within it.")
+            f"`--time_budget {SLOW_DEFAULT_SECONDS / 60:g}m` {would}.")

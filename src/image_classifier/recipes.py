@@ -194,11 +194,13 @@ def describe(recipe: str, values: dict[str, Any], device: str) -> str:
     return f"Recipe {recipe} on {device}: {shown}"
 
 
-# --time_budget on an airbench model: what a budget buys, most accurate first. A tier is taken when at least
-# `min_epochs` of it (None: as many as of the default) fit the budget at the rate measured on this host at the start
-# of the run; then as many epochs as fit, with the recipe's share of them at the reduced size. A tier's flags apply
-# where the user left them unset (at their defaults); `cost` (its epoch's seconds over the default's, bf16 on this
-# CPU, both at the recipe's share of small epochs) only decides whether the tier is worth timing.
+# --time_budget on an airbench model: what a budget buys, most accurate per epoch first. The default is timed first;
+# a tier with `below_default` only where fewer than that many default epochs fit, and then it is taken and nothing
+# more is timed; otherwise a tier is taken when at least `min_epochs` of it (None: as many as of the default) fit
+# the budget at the rate measured on this host at the start of the run. The plan trains as many epochs of it as fit,
+# with the recipe's share of them at the reduced size. A tier's flags apply where the user left them unset (at their
+# defaults); `cost` (its epoch's seconds over the default's, bf16 on this CPU, both at the recipe's share of small
+# epochs) only decides whether the tier is worth timing.
 BUDGET_TIERS = (
     dict(name="wide", min_epochs=10, cost=4.0,
          # airbench95's widths with random erasing at batch 500: 92.37 % after 22 epochs (2 seeds, 41 minutes on a
@@ -212,6 +214,11 @@ BUDGET_TIERS = (
          # where at least as many of its epochs fit as of the default's (bench/RESULTS.md, Time budgets)
          flags=dict(per_device_train_batch_size=500)),
     dict(name="default", min_epochs=1, cost=1.0, flags={}),
+    dict(name="narrow", min_epochs=1, cost=0.5, below_default=11,
+         # two thirds of cnn-fast's widths, about twice its images/s: taken (before the others) where fewer than the
+         # recipe's 11 epochs of the default fit, and then instead of them. On a 2-core host without AVX-512, 15
+         # minutes bought 16.3 epochs of it and 89.52 %, against NARROW_EVIDENCE (bench/RESULTS.md, Time budgets)
+         flags=dict(widths=[32, 128, 128])),
 )
 PLAN_EFFICIENCY = 1.0       # the training loop's images/s over the bare copy's timed at the start of the run: 1.00-1.08
                             # in six budgeted runs here (the host's speed moves 5-10 % between minutes); above 1.0 the
