@@ -226,9 +226,8 @@ def replan(plan: Plan, config: Config, loop: "engine.Loop") -> Optional[str]:
     side (the mean of its recent ones; a side not yet trained keeps the start-of-run timing), keeping
     REPLAN_MARGIN of the budget in hand, the last epoch partial where a whole one does not fit. Where the plan
     would end past the budget, or the new one trains longer by REPLAN_MARGIN of the budget (or a whole epoch
-    where that is less), set it
-    (`Config.apply_plan`) and give the schedule its new length (`engine.reschedule`). Returns the line that says
-    so, else None.
+    where that is less), set it (`Config.apply_plan`) and give the schedule its new length (`engine.reschedule`).
+    Returns the line that says so, else None.
 
     The timing at the start is of a bare copy on random tensors, before the host settles: the loop itself runs
     up to 10 % faster or 5 % slower. Past REPLAN_FREELY_UNTIL of the epochs a plan is only cut, where it would
