@@ -108,12 +108,13 @@ def run_seed(seed: int, args) -> dict:
         if args.full_train and "validation" in data.tensors:
             train = ImageTensors(torch.cat([train.images, data.tensors["validation"].images]),
                                  torch.cat([train.labels, data.tensors["validation"].labels]))
-        plan = None
+        plan, build, shape = None, (lambda c: build_model(c, data)[0]), tuple(train.images.shape[1:])
         if config.train.time_budget:    # as train.py plans it, for the images this bench trains on
-            plan = budget.plan_time_budget(config, lambda c: build_model(c, data)[0], accelerator,
-                                           tuple(train.images.shape[1:]), len(train))
+            plan = budget.plan_time_budget(config, build, accelerator, shape, len(train))
             print(budget.describe_plan(plan))
-            set_seed(seed)
+        elif line := budget.check_default_speed(config, build, accelerator, shape, len(train)):
+            print(line)                 # as train.py: a float32 host where the default would train past 15 min
+        set_seed(seed)                      # as train.py: the model initialised after a fresh seed, timed or not
         model, normalize = build_model(config, data)
         result = train_model(model, normalize, data, train, data.tensors["test"], config, accelerator, plan=plan)
         history = result.state.history
