@@ -200,10 +200,10 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
     # The chosen tier's epochs again with what the tiers timed after it spent, the last one filling the budget. The
     # seconds spent measuring differ a little between processes: the main process's plan is everyone's.
     tier, measured = chosen[:2]
-    epochs, resized = plan_epochs(_budget_left(budget, started), *measured[1:3], share, _max_epochs(config),
-                                  _recipe_epochs(config))
-    spare = _budget_left(budget, started) - rest_seconds(0, epochs, resized, *measured[1:3])
-    epochs = fill_epochs(epochs, spare, measured[1], _max_epochs(config))
+    left = _budget_left(budget, started)
+    epochs, resized = plan_epochs(left, *measured[1:3], share, _max_epochs(config), _recipe_epochs(config))
+    epochs = fill_epochs(epochs, left - rest_seconds(0, epochs, resized, *measured[1:3]), measured[1],
+                         _max_epochs(config))
     tier, (rates, epoch_seconds, small_seconds, small), epochs, resized = broadcast_object_list(
         [(tier, measured, epochs, resized)])[0]
     if epochs < 1:
@@ -347,8 +347,8 @@ def _recipe_epochs(config: Config) -> int:
 
 
 def _tiers(config: Config) -> list[dict[str, Any]]:
-    """The BUDGET_TIERS this run may take, most accurate per epoch first: on an airbench model, those whose flags the user
-    left at their defaults; otherwise only the default (more or fewer epochs of the run as given)."""
+    """The BUDGET_TIERS this run may take, most accurate per epoch first: on an airbench model, those whose flags
+    the user left at their defaults; otherwise only the default (more or fewer epochs of the run as given)."""
     if config.train.recipe != "airbench":
         return [t for t in BUDGET_TIERS if t["name"] == "default"]
     return [t for t in BUDGET_TIERS if all(_left_default(config, name) for name in t["flags"])]

@@ -217,7 +217,8 @@ BUDGET_TIERS = (
     dict(name="narrow", min_epochs=1, cost=0.5, below_default=11,
          # two thirds of cnn-fast's widths, about twice its images/s: taken (before the others) where fewer than the
          # recipe's 11 epochs of the default fit, and then instead of them. On a 2-core host without AVX-512, 15
-         # minutes bought 16.3 epochs of it and 89.52 %, against NARROW_EVIDENCE (bench/RESULTS.md, Time budgets)
+         # minutes bought 16.3 epochs of it and 89.52 %, against 5.8 epochs of the default net and 88.76 % (one seed
+         # each; the tier itself, 2 seeds: 89.27 %; bench/RESULTS.md, Time budgets)
          flags=dict(widths=[32, 128, 128])),
 )
 PLAN_EFFICIENCY = 1.0       # the training loop's images/s over the bare copy's timed at the start of the run: 1.00-1.08
@@ -238,7 +239,7 @@ REPLAN_MARGIN = 0.01        # of the budget, kept in hand by every plan: an epoc
                             # changes a plan that still ends within the budget only where the change adds at least
                             # this much training, or a whole epoch where that is less (one line and one retarget per
                             # real change, not one after every epoch)
-REPLAN_FREELY_UNTIL = 0.75  # fraction of the planned epochs: past it a re-plan only drops an epoch that would end
+REPLAN_FREELY_UNTIL = 0.75  # fraction of the planned epochs: past it a re-plan only cuts a plan that would end
                             # past the budget (a later change of length moves an already low learning rate by a
                             # large share of itself: one epoch more after 15 of 20 raises it by 14 %, after 10 by 5 %);
                             # the first full-size epoch, which corrects the start's timing most, comes at about half
