@@ -103,7 +103,7 @@ def test_where_fewer_than_11_default_epochs_fit_the_narrow_net_is_taken_and_noth
 
     timed = []
 
-    def measured(config, build, accelerator, shape, num_train_images, share):
+    def measured(config, build, accelerator, shape, num_train_images, share, hopeless=None):
         timed.append(config.model.widths)
         seconds = 35.0 if config.model.widths == [32, 128, 128] else 70.0
         return {32: 1000.0, 24: 2000.0}, seconds, seconds / 2, 24
@@ -124,6 +124,31 @@ def test_where_fewer_than_11_default_epochs_fit_the_narrow_net_is_taken_and_noth
     assert "narrow (--widths 32 128 128): 16 epochs of the default fit, at least 11 (not timed)" in plan.passed_over
 
 
+@pytest.mark.parametrize("minutes, timed_sides", [
+    (15, [("default", 24), ("narrow", 24), ("narrow", 32)]),    # 11 small default epochs of 90 s do not fit
+    (45, [("default", 24), ("default", 32), ("batch-500", 24), ("batch-500", 32)])])   # as fast: batch-500 taken
+def test_the_default_s_full_size_is_not_timed_where_its_reduced_size_alone_rules_it_out(monkeypatch, minutes,
+                                                                                        timed_sides):
+    # The real _measure_tier on stand-in steps: the default net at 500 images/s at 24x24 (a 90-s small epoch of 45,000
+    # images) and 270 at 32x32, the narrow net twice that, as on the float32 host without AVX-512
+    from accelerate import Accelerator
+
+    timed = []
+
+    def rate(model, args, accelerator, shape, min_seconds):
+        name = ("narrow" if model == [32, 128, 128] else
+                "batch-500" if args.per_device_train_batch_size == 500 else "default")
+        timed.append((name, shape[1]))
+        return (500.0 if shape[1] == 24 else 270.0) * (2 if name == "narrow" else 1)
+
+    monkeypatch.setattr(budget, "measure_training_rate", rate)
+    config = parse_config(["--dataset", "x", "--time_budget", f"{minutes}m"])
+    config.train.resolve_defaults("cnn-fast")       # as the run does: 5 of 11 epochs at 24x24
+    plan = budget.plan_time_budget(config, lambda c: c.model.widths, Accelerator(cpu=True), (3, 32, 32), 45_000)
+    assert timed == timed_sides
+    assert plan.tier == ("narrow" if minutes == 15 else "batch-500") and sorted(plan.images_per_second) == [24, 32]
+
+
 @pytest.mark.parametrize("batch_500_seconds, tier", [(60.0, "batch-500"), (75.0, "default")])
 def test_batch_500_is_taken_where_as_many_of_its_epochs_fit_as_of_the_default_s(monkeypatch, batch_500_seconds, tier):
     # The budgeted runs below time real steps; here each tier's epoch seconds are given, to check the choice alone.
@@ -133,7 +158,7 @@ def test_batch_500_is_taken_where_as_many_of_its_epochs_fit_as_of_the_default_s(
 
     timed = []
 
-    def measured(config, build, accelerator, shape, num_train_images, share):
+    def measured(config, build, accelerator, shape, num_train_images, share, hopeless=None):
         seconds = batch_500_seconds if config.train.per_device_train_batch_size == 500 else 70.0
         timed.append(config.train.per_device_train_batch_size)
         return {32: 1000.0, 24: 2000.0}, seconds, seconds / 2, 24

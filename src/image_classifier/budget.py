@@ -151,20 +151,29 @@ def _resize_share(config: Config, on_cuda: bool) -> tuple[int, int]:
 
 
 def _measure_tier(config: Config, build: Callable[[Config], torch.nn.Module], accelerator: Accelerator,
-                  shape: tuple[int, int, int], num_train_images: int, share: tuple[int, int]
-                  ) -> tuple[dict[int, float], float, float, int]:
-    """(rate per side, epoch seconds at full and reduced side, reduced side) of `config`'s model."""
+                  shape: tuple[int, int, int], num_train_images: int, share: tuple[int, int],
+                  hopeless: Optional[Callable[[float], bool]] = None) -> tuple[dict[int, float], float, float, int]:
+    """(rate per side, epoch seconds at full and reduced side, reduced side) of `config`'s model.
+
+    The reduced side is timed first. Where `hopeless(its epoch seconds)` says the tier is out of the running even
+    if a full-size epoch took no longer, the full side is not timed (its rate is left out, its epoch seconds are
+    the reduced side's: a lower bound): timing the default net's 32x32 step took 15 s of a 15-minute budget on a
+    float32 host, where the reduced side alone showed it too slow."""
     channels, side, _ = shape
     small = progressive_size(config.train, 0, side) if share[0] else side
     model = build(config)
     # Each size timed for 4 s (after 2 warm-up steps), or 1 % of a shorter budget: measuring stays a few % of it.
     # Two seconds were too few: successive 2-s timings of one cnn-fast step at 32x32 spread over 789-837 images/s.
-    seconds = min(4.0, (config.train.time_budget_seconds or 900) / 100)
-    rates = {s: measure_training_rate(model, config.train, accelerator, (channels, s, s), min_seconds=seconds)
-             for s in {side, small}}
+    timed_for = min(4.0, (config.train.time_budget_seconds or 900) / 100)
     global_batch = config.train.per_device_train_batch_size * accelerator.num_processes
     images = max(1, num_train_images // global_batch) * global_batch    # the last partial batch is dropped
-    seconds = {s: images / (rate * PLAN_EFFICIENCY) for s, rate in rates.items()}
+    rates, seconds = {}, {}
+    for s in dict.fromkeys((small, side)):
+        # The main process's answer is everyone's: a process that timed on alone would wait in its broadcast.
+        if s == side != small and hopeless is not None and broadcast_object_list([hopeless(seconds[small])])[0]:
+            return rates, seconds[small], seconds[small], small
+        rates[s] = measure_training_rate(model, config.train, accelerator, (channels, s, s), min_seconds=timed_for)
+        seconds[s] = images / (rates[s] * PLAN_EFFICIENCY)
     return rates, seconds[side], seconds[small], small
 
 
@@ -178,14 +187,16 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
     budget = config.train.time_budget_seconds
     share = _resize_share(config, accelerator.device.type == "cuda")
     chosen, passed_over, default_epochs = None, [], 0
-    for tier in _timing_order(_tiers(config)):
+    tiers = _tiers(config)
+    for tier in _timing_order(tiers):
         trial = copy.deepcopy(config)
         trial.apply_plan(tier["flags"])
         skip = chosen and _not_worth_timing(tier, chosen[0], default_epochs, budget, chosen[1][1])
         if skip:
             passed_over.append(f"{tier['name']} ({_flags(tier['flags'])}): {skip} (not timed)")
             continue
-        measured = _measure_tier(trial, build, accelerator, shape, num_train_images, share)
+        measured = _measure_tier(trial, build, accelerator, shape, num_train_images, share,
+                                 None if chosen else _too_slow_for(tiers, budget, started, share, config))
         epochs, resized = plan_epochs(_budget_left(budget, started), measured[1], measured[2], share,
                                       _max_epochs(config), _recipe_epochs(config))
         if chosen is None:                # the default tier: the yardstick of a tier without min_epochs
@@ -206,7 +217,7 @@ def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module],
                          _max_epochs(config))
     tier, (rates, epoch_seconds, small_seconds, small), epochs, resized = broadcast_object_list(
         [(tier, measured, epochs, resized)])[0]
-    if epochs < 1:
+    if epochs < 1 or shape[1] not in rates:     # (the full side untimed: even the cheapest tier fits no epoch)
         raise ConfigError("time_budget", f"is too short for one epoch on this host: one takes about "
                                          f"{describe_duration(min(epoch_seconds, small_seconds))} of training here. "
                                          "Give a longer budget, or --max_train_steps for part of an epoch")
@@ -322,6 +333,18 @@ def _budget_left(budget: float, started: float) -> float:
 def _timing_order(tiers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The default first (the fallback, and the others' yardstick), then from the cheapest to the most accurate."""
     return sorted(tiers, key=lambda t: (t["name"] != "default", -BUDGET_TIERS.index(t)))
+
+
+def _too_slow_for(tiers: list[dict[str, Any]], budget: float, started: float, share: tuple[int, int],
+                  config: Config) -> Optional[Callable[[float], bool]]:
+    """For the default tier's timing: given its reduced-side epoch seconds, whether fewer epochs of it fit than a
+    cheaper tier's `below_default` even at that rate throughout (then that tier is taken whatever the full side's
+    rate). None where no such tier may be taken."""
+    below = max((t["below_default"] for t in tiers if t.get("below_default")), default=0)
+    if not below:
+        return None
+    return lambda small_seconds: plan_epochs(_budget_left(budget, started), small_seconds, small_seconds, share,
+                                             _max_epochs(config), _recipe_epochs(config))[0] < below
 
 
 def _not_worth_timing(tier: dict[str, Any], chosen: dict[str, Any], default_epochs: int, budget: float,
