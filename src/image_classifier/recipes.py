@@ -218,7 +218,8 @@ BUDGET_TIERS = (
          # two thirds of cnn-fast's widths, about twice its images/s: taken (before the others) where fewer than the
          # recipe's 11 epochs of the default fit, and then instead of them. On a 2-core host without AVX-512, 15
          # minutes bought 16.3 epochs of it and 89.52 %, against 5.8 epochs of the default net and 88.76 % (one seed
-         # each; the tier itself, 2 seeds: 89.27 %; bench/RESULTS.md, Time budgets)
+         # each; the tier itself, 2 seeds: 89.27 % and, with the cheaper timing, 89.42 %; at
+         # batch 500 it reached 88.93 %, one seed; bench/RESULTS.md, Time budgets)
          flags=dict(widths=[32, 128, 128])),
 )
 PLAN_EFFICIENCY = 1.0       # the training loop's images/s over the bare copy's timed at the start of the run: 1.00-1.08
