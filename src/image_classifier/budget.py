@@ -167,14 +167,18 @@ def _measure_tier(config: Config, build: Callable[[Config], torch.nn.Module], ac
     timed_for = min(4.0, (config.train.time_budget_seconds or 900) / 100)
     global_batch = config.train.per_device_train_batch_size * accelerator.num_processes
     images = max(1, num_train_images // global_batch) * global_batch    # the last partial batch is dropped
-    rates, seconds = {}, {}
-    for s in dict.fromkeys((small, side)):
+
+    def timed(s: int) -> float:
+        return measure_training_rate(model, config.train, accelerator, (channels, s, s), min_seconds=timed_for)
+
+    rates = {small: timed(small)}
+    small_seconds = images / (rates[small] * PLAN_EFFICIENCY)
+    if side != small:
         # The main process's answer is everyone's: a process that timed on alone would wait in its broadcast.
-        if s == side != small and hopeless is not None and broadcast_object_list([hopeless(seconds[small])])[0]:
-            return rates, seconds[small], seconds[small], small
-        rates[s] = measure_training_rate(model, config.train, accelerator, (channels, s, s), min_seconds=timed_for)
-        seconds[s] = images / (rates[s] * PLAN_EFFICIENCY)
-    return rates, seconds[side], seconds[small], small
+        if hopeless is not None and broadcast_object_list([hopeless(small_seconds)])[0]:
+            return rates, small_seconds, small_seconds, small
+        rates[side] = timed(side)
+    return rates, images / (rates[side] * PLAN_EFFICIENCY), small_seconds, small
 
 
 def plan_time_budget(config: Config, build: Callable[[Config], torch.nn.Module], accelerator: Accelerator,
